@@ -1,0 +1,1 @@
+//! Tower middleware that holds risky requests until a human approves them.
