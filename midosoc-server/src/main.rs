@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod eval;
+mod identity;
 
 /// Midosoc: a human-in-the-loop authorization gateway for AI agents.
 #[derive(Debug, Parser)]
