@@ -8,7 +8,7 @@ mod future;
 mod layer;
 pub mod problem;
 mod service;
-// pub mod verify;
+pub mod verify;
 
 pub use future::ResponseFuture;
 pub use layer::{
@@ -16,4 +16,4 @@ pub use layer::{
     DEFAULT_WAIT_TIMEOUT, HumanApprovalLayer,
 };
 pub use service::{APPROVAL_HEADER, ApprovedAction, HumanApproval};
-// pub use verify::{VerifyToken, VerifyTokenLayer};
+pub use verify::{VerifyToken, VerifyTokenLayer};
