@@ -15,9 +15,11 @@ use crate::action::{Action, AgentId};
 use crate::approval::{Approval, ApprovalId, ApprovalStatus, Decision, Execution};
 use crate::classify::Assessment;
 
-// mod memory;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod memory;
 
-// pub use memory::MemoryStore;
+pub use memory::MemoryStore;
 
 /// What happened to an approval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
