@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use crate::action::{Action, AgentId, Sha256Digest};
 use crate::approval::{Analyst, Approval, ApprovalId};
 
-// mod local;
+mod local;
 
-// pub use local::{Jwk, Jwks, LocalIssuer, LocalIssuerError};
+pub use local::{Jwk, Jwks, LocalIssuer, LocalIssuerError};
 
 /// `type` of the authorization details Midosoc writes.
 pub const AUTHORIZATION_DETAILS_TYPE: &str = "midosoc_action";
