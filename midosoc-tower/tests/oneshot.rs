@@ -213,3 +213,55 @@ async fn resuming_an_expired_or_withdrawn_approval_is_gone() {
     );
     assert_eq!(parts.issuer.calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_resumes_of_one_approval_run_it_once() {
+    let parts = Parts::new();
+    let layer = parts.layer();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = {
+        let calls = calls.clone();
+        service_fn(move |request: Request<Body>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            inner(request)
+        })
+    };
+    let send = |headers: &[(&str, String)]| {
+        let mut builder = request("DELETE", "/items/1");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        layer.clone().layer(counted.clone()).oneshot(empty(builder))
+    };
+
+    let (_, body) = json_of(send(&[("prefer", "wait=0".into())]).await.unwrap()).await;
+    let id = approval_id(&body);
+    parts.store.decide(id, approve()).await.unwrap();
+
+    let resume = [("midosoc-approval", id.to_string())];
+    let (a, b) = tokio::join!(send(&resume), send(&resume));
+    let mut statuses = [a.unwrap().status(), b.unwrap().status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_tokens_are_minted_for_allowed_requests_only_when_asked() {
+    let parts = Parts::new();
+    let plain = parts.layer().layer(service_fn(inner));
+    let (_, body) =
+        json_of(plain.oneshot(empty(request("GET", "/accounts/1"))).await.unwrap()).await;
+    assert_eq!(body["authorization"], Value::Null);
+    assert_eq!(parts.issuer.calls(), 0);
+
+    let minting = parts.layer().mint_read_tokens(true).layer(service_fn(inner));
+    let read = request("GET", "/accounts/1").header(AUTHORIZATION, "Bearer agent-key");
+    let (status, body) = json_of(minting.oneshot(empty(read)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = body["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+    let claims = parts.issuer.inner.jwks().verify(token, ISSUER, AUDIENCE).unwrap();
+    assert_eq!(claims.authorization_details[0].actions, ["read"]);
+    assert_eq!(claims.authorization_details[0].locations, ["/accounts/1"]);
+    assert_eq!(parts.issuer.calls(), 1);
+}
