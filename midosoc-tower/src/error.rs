@@ -111,9 +111,9 @@ impl Rejection {
             Self::Store { .. } | Self::Issuer { .. } => {
                 tracing::error!(error = error_chain(error), "request failed closed");
             }
-            Self::Refused | Self::Denied { .. } | Self::TooManyPending(_) => {
-                tracing::info!(reason = %self, "request rejected");
-            }
+            Self::TooManyPending(_) => tracing::info!(reason = %self, "request rejected"),
+            // Refusals and decisions are logged where they happen, with
+            // the fields of the request.
             _ => tracing::debug!(reason = error_chain(error), "request answered by the layer"),
         }
     }

@@ -125,7 +125,7 @@ where
 /// Everything that happens to one request.
 async fn handle<S, B, ResBody>(
     shared: Arc<Shared>,
-    ready: S,
+    mut ready: S,
     request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -152,10 +152,7 @@ where
     let assessment = assess(&shared, &action).await;
     match assessment.verdict {
         Verdict::Allow => match pass(&shared, &action, parts, body).await {
-            Ok(request) => {
-                let mut ready = ready;
-                ready.call(request).await
-            }
+            Ok(request) => ready.call(request).await,
             Err(rejection) => Ok(respond(&shared, rejection)),
         },
         Verdict::Deny => {
@@ -362,7 +359,11 @@ async fn execute<B: From<Bytes>>(
         .await
         .map_err(|source| Rejection::Issuer { id: Some(id), source })?;
     let authorization = bearer(&issued.token, Some(id))?;
-    tracing::info!(token.id = %issued.token_id, token.expires_at = %issued.expires_at, "token minted");
+    tracing::info!(
+        token.id = %issued.token_id,
+        token.expires_at = %issued.expires_at,
+        "token minted"
+    );
 
     // INVARIANT: only the caller that marks the approval executed
     // forwards; a loser's token is dropped here, never sent.

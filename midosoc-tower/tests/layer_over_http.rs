@@ -235,7 +235,7 @@ async fn a_thousand_held_requests_are_each_released_by_their_own_decision() {
         for _ in 0..N {
             let held = next_event(&mut events, EventKind::Pending).await;
             let n: usize = held.action.path().trim_start_matches("/items/").parse().unwrap();
-            let decision = if n % 2 == 0 { approve() } else { deny(&format!("no {n}")) };
+            let decision = if n.is_multiple_of(2) { approve() } else { deny(&format!("no {n}")) };
             store.decide(held.id, decision).await.unwrap();
         }
     });
@@ -253,7 +253,7 @@ async fn a_thousand_held_requests_are_each_released_by_their_own_decision() {
     analyst.await.unwrap();
 
     for (n, (status, body)) in answers {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             assert_eq!(status, 200, "item {n}: {body}");
             assert_eq!(body["path"], format!("/items/{n}"));
             assert_eq!(body["body"], json!({ "n": n }).to_string());
