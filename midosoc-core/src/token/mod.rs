@@ -14,9 +14,17 @@ use time::OffsetDateTime;
 use crate::action::{Action, AgentId, Sha256Digest};
 use crate::approval::{Analyst, Approval, ApprovalId};
 
+#[cfg(feature = "oauth2")]
+mod auth0;
 mod local;
+#[cfg(feature = "oauth2")]
+mod oauth2;
 
+#[cfg(feature = "oauth2")]
+pub use auth0::{Auth0Issuer, Auth0IssuerConfig};
 pub use local::{Jwk, Jwks, LocalIssuer, LocalIssuerError};
+#[cfg(feature = "oauth2")]
+pub use oauth2::{ClientAuth, ClientSecret, OAuth2Issuer, OAuth2IssuerConfig, OAuth2IssuerError};
 
 /// `type` of the authorization details Midosoc writes.
 pub const AUTHORIZATION_DETAILS_TYPE: &str = "midosoc_action";
