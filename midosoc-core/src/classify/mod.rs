@@ -15,6 +15,19 @@ use crate::action::Action;
 
 // pub use heuristic::{HeuristicClassifier, RuleTable, RuleTableError};
 
+mod compose;
+#[cfg(feature = "llm")]
+mod llm;
+
+pub use compose::{
+    ADVISOR_SOURCE, ComposedClassifier, CompositionMode, CompositionPolicy, FAILURES_METRIC,
+    RULES_SOURCE, advisor_opinion, rules_opinion,
+};
+#[cfg(feature = "llm")]
+pub use llm::{
+    ApiKey, LLM_CLASSIFIER, LlmClassifier, LlmConfig, LlmError, Provider, ResponseFormatMode,
+};
+
 /// What to do with an action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
