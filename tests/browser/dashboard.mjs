@@ -132,11 +132,11 @@ async function run(context) {
   );
   check((await page.textContent("#pending-count")).trim() === "3", "pending count");
 
-  // The forensic view of the first request.
-  await item(page, "cus_1").click();
-  await page.locator("#d-url", { hasText: "cus_1" }).waitFor();
-  check((await page.textContent("#d-method")) === "DELETE", "method shown");
-  check(/risk/i.test(await page.textContent("#d-risk")), "risk word shown");
+  // The forensic view of the refund.
+  await item(page, "refunds").click();
+  await page.locator("#d-url", { hasText: "refunds" }).waitFor();
+  check((await page.textContent("#d-method")) === "POST", "method shown");
+  check(/critical/i.test(await page.textContent("#d-risk")), "risk word shown");
   check((await page.textContent("#d-agent")) === "billing-bot", "agent shown");
   check((await page.textContent("#d-rationale")).length > 0, "rationale shown");
   check((await page.locator("#d-markers tr").count()) > 0, "markers shown");
@@ -151,26 +151,26 @@ async function run(context) {
 
   await page.screenshot({ path: SCREENSHOT });
 
-  // Approve with the button.
-  await page.click("#approve");
-  await gone(page, "cus_1");
-
-  // Deny with the keyboard and a reason.
-  await item(page, "sub_2").click();
-  await page.locator("#d-url", { hasText: "sub_2" }).waitFor();
+  // Deny with the keyboard: d, a reason is required, Enter.
   await page.keyboard.press("d");
   check(await page.evaluate(() => document.activeElement?.id === "reason"), "d focuses reason");
   await page.keyboard.press("Enter");
   await page.locator("#decide-error").waitFor();
-  await page.keyboard.type("Customer has an open invoice; ask billing first.");
+  await page.keyboard.type("Refund is larger than the charge; ask billing first.");
   await page.keyboard.press("Enter");
-  await gone(page, "sub_2");
+  await gone(page, "refunds");
+
+  // Approve with the button.
+  await item(page, "cus_1").click();
+  await page.locator("#d-url", { hasText: "cus_1" }).waitFor();
+  await page.click("#approve");
+  await gone(page, "cus_1");
 
   // Approve the last one with j/k and a.
   await page.keyboard.press("k");
-  await page.locator("#d-url", { hasText: "card_4" }).waitFor();
+  await page.locator("#d-url", { hasText: "revoke" }).waitFor();
   await page.keyboard.press("a");
-  await gone(page, "card_4");
+  await gone(page, "revoke");
   check((await page.textContent("#pending-count")).trim() === "0", "queue not emptied");
 
   // History shows each outcome with analyst and reason.
@@ -178,10 +178,10 @@ async function run(context) {
   await page.waitForFunction(
     () => document.querySelectorAll("#queue-list .queue-item").length === 3,
   );
-  await item(page, "sub_2").click();
+  await item(page, "refunds").click();
   await page.locator("#d-decision-line", { hasText: "Denied by alice" }).waitFor();
   check(
-    (await page.textContent("#d-decision-reason")).includes("open invoice"),
+    (await page.textContent("#d-decision-reason")).includes("larger than the charge"),
     "denial reason in history",
   );
 

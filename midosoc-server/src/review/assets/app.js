@@ -268,7 +268,7 @@
   }
 
   function queueItem(a) {
-    const li = el("li", "queue-item risk-" + a.assessment.risk);
+    const li = el("li", "queue-item stripe-" + a.assessment.risk);
     li.setAttribute("role", "option");
     li.dataset.id = a.id;
     li.setAttribute("aria-selected", String(a.id === state.selected));
@@ -338,7 +338,7 @@
     } else {
       delete waited.dataset.since;
       delete expires.dataset.until;
-      waited.textContent = "held " + clock(a.created_at);
+      waited.textContent = clock(a.created_at);
       expires.textContent = a.status === "expired" ? "expired " + clock(a.closed_at) : "—";
     }
     expires.classList.toggle(
