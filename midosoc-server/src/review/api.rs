@@ -232,7 +232,7 @@ pub(super) async fn audit(
     let approvals = state.store.list(&filter).await?;
 
     let mut entries: Vec<AuditEntry> = approvals.iter().flat_map(AuditEntry::steps).collect();
-    entries.sort_by(|a, b| b.instant.cmp(&a.instant));
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.instant));
     Ok(Json(AuditLog { entries }))
 }
 

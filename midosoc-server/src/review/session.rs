@@ -170,10 +170,10 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
 /// a sibling subdomain counts as same-site). Browsers always send `Origin` on
 /// such requests and scripts cannot forge it.
 fn check_same_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), ReviewError> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return Err(ReviewError::CrossOrigin);
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return Err(ReviewError::CrossOrigin);
     }
 
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());

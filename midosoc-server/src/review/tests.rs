@@ -518,7 +518,7 @@ async fn event_stream_replays_after_last_event_id_then_goes_live() {
     assert!(text.contains("event: pending"), "{text}");
     assert!(text.contains("event: decided"), "{text}");
 
-    let data = text.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let data = text.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().unwrap();
     let event: Value = serde_json::from_str(data).unwrap();
     assert_eq!(event["seq"], 3);
     assert_eq!(event["kind"], "decided");
