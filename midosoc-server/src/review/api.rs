@@ -14,7 +14,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::Shared;
-use super::error::ReviewError;
+use super::error::{Problem, ReviewError};
 use super::session::Reviewer;
 use super::view::{ApprovalList, ApprovalView, AuditEntry, AuditLog, parse_json};
 
@@ -56,12 +56,12 @@ pub(super) struct DecisionRequest {
 
 /// Lists approvals, newest first.
 #[utoipa::path(
-    get, path = "/api/approvals", tag = "approvals",
+    get, path = "/api/approvals", operation_id = "listApprovals", tag = "approvals",
     params(ListQuery),
     responses(
         (status = 200, description = "matching approvals, newest first", body = ApprovalList),
-        (status = 400, description = "unknown status or bad limit", content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
+        (status = 400, description = "unknown status or bad limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -85,13 +85,13 @@ pub(super) async fn list(
 
 /// One approval, with its request, assessment and decision.
 #[utoipa::path(
-    get, path = "/api/approvals/{id}", tag = "approvals",
+    get, path = "/api/approvals/{id}", operation_id = "getApproval", tag = "approvals",
     params(("id" = String, Path, description = "approval id")),
     responses(
         (status = 200, description = "the approval", body = ApprovalView),
-        (status = 400, description = "malformed id", content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", content_type = "application/problem+json"),
+        (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -107,16 +107,16 @@ pub(super) async fn show(
 
 /// Approves a pending approval: the held request proceeds.
 #[utoipa::path(
-    post, path = "/api/approvals/{id}/approve", tag = "approvals",
+    post, path = "/api/approvals/{id}/approve", operation_id = "approveApproval", tag = "approvals",
     params(("id" = String, Path, description = "approval id")),
     request_body(content = Option<DecisionRequest>, description = "an optional reason"),
     responses(
         (status = 200, description = "approved", body = ApprovalView),
-        (status = 400, description = "malformed id or JSON", content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
-        (status = 403, description = "role cannot decide, or CSRF refused", content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", content_type = "application/problem+json"),
-        (status = 409, description = "already decided, withdrawn or expired", content_type = "application/problem+json"),
+        (status = 400, description = "malformed id or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role cannot decide, or CSRF refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already decided, withdrawn or expired", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -131,16 +131,16 @@ pub(super) async fn approve(
 
 /// Denies a pending approval: the agent gets `403` with the reason.
 #[utoipa::path(
-    post, path = "/api/approvals/{id}/deny", tag = "approvals",
+    post, path = "/api/approvals/{id}/deny", operation_id = "denyApproval", tag = "approvals",
     params(("id" = String, Path, description = "approval id")),
     request_body(content = DecisionRequest, description = "the reason, required"),
     responses(
         (status = 200, description = "denied", body = ApprovalView),
-        (status = 400, description = "no reason, malformed id or JSON", content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
-        (status = 403, description = "role cannot decide, or CSRF refused", content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", content_type = "application/problem+json"),
-        (status = 409, description = "already decided, withdrawn or expired", content_type = "application/problem+json"),
+        (status = 400, description = "no reason, malformed id or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role cannot decide, or CSRF refused", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already decided, withdrawn or expired", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -185,7 +185,7 @@ async fn decide(
         approval.id = %id,
         agent.id = %approval.agent(),
         analyst.id = %reviewer.account.id,
-        decision.outcome = ?outcome,
+        decision.outcome = if outcome == Outcome::Approve { "approve" } else { "deny" },
         "approval decided"
     );
     Ok(Json(ApprovalView::from(&approval)))
@@ -209,11 +209,11 @@ pub(super) struct AuditQuery {
 /// The history of approvals: each was held, then decided, withdrawn or
 /// expired, and perhaps executed; with agent, analyst and time.
 #[utoipa::path(
-    get, path = "/api/audit", tag = "audit",
+    get, path = "/api/audit", operation_id = "listAudit", tag = "audit",
     params(AuditQuery),
     responses(
         (status = 200, description = "entries, newest first", body = AuditLog),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]

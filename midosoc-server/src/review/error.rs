@@ -8,7 +8,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use midosoc_core::{ApprovalId, ApprovalStatus, StoreError};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::identity::IdentityError;
 
@@ -127,32 +128,49 @@ impl ReviewError {
     }
 
     /// The problem document sent to the client.
-    fn document(&self) -> Value {
+    fn document(&self) -> Problem {
         let (slug, title, status) = self.kind();
-        let mut doc = Map::new();
-        doc.insert("type".into(), format!("https://midosoc.dev/problems/{slug}").into());
-        doc.insert("title".into(), title.into());
-        doc.insert("status".into(), status.as_u16().into());
 
         // SECURITY: causes from the store, identity database and session
         // store stay in the log; the client only learns the service failed.
         let internal = matches!(self, Self::Store(_) | Self::Identity(_) | Self::Session(_));
-        if !internal {
-            doc.insert("detail".into(), self.to_string().into());
-        }
+        let (approval_id, approval_status) = match self {
+            Self::UnknownApproval(id) => (Some(id.to_string()), None),
+            Self::NotPending { id, status } => (Some(id.to_string()), Some(status.as_str())),
+            _ => (None, None),
+        };
 
-        match self {
-            Self::UnknownApproval(id) => {
-                doc.insert("approval_id".into(), json!(id.to_string()));
-            }
-            Self::NotPending { id, status } => {
-                doc.insert("approval_id".into(), json!(id.to_string()));
-                doc.insert("approval_status".into(), json!(status.as_str()));
-            }
-            _ => {}
+        Problem {
+            kind: format!("https://midosoc.dev/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: (!internal).then(|| self.to_string()),
+            approval_id,
+            approval_status,
         }
-        Value::Object(doc)
     }
+}
+
+/// An RFC 9457 problem details document (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Problem {
+    /// A stable URI naming the kind of problem, such as
+    /// `https://midosoc.dev/problems/approval-not-pending`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// A short summary of the kind of problem.
+    title: &'static str,
+    /// The HTTP status.
+    status: u16,
+    /// What went wrong this time, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    /// The approval concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<String>,
+    /// Its current status, when it could not be decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_status: Option<&'static str>,
 }
 
 impl IntoResponse for ReviewError {
@@ -168,7 +186,8 @@ impl IntoResponse for ReviewError {
             _ => tracing::debug!(problem = %self, "review request refused"),
         }
 
-        let mut response = (status, self.document().to_string()).into_response();
+        let body = serde_json::to_string(&self.document()).unwrap_or_default();
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {

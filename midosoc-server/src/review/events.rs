@@ -33,7 +33,7 @@ use midosoc_core::store::{EventStream, StoreEvent};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
-use super::error::ReviewError;
+use super::error::{Problem, ReviewError};
 use super::session::Reviewer;
 use super::view::EventView;
 
@@ -45,13 +45,13 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Streams store events as Server-Sent Events.
 #[utoipa::path(
-    get, path = "/api/events", tag = "events",
+    get, path = "/api/events", operation_id = "streamEvents", tag = "events",
     params(("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")),
     responses(
         (status = 200, description = "an endless `text/event-stream`; each message's data is an event", content_type = "text/event-stream", body = super::view::EventView),
-        (status = 400, description = "malformed `Last-Event-ID`", content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
-        (status = 503, description = "too many streams open", content_type = "application/problem+json"),
+        (status = 400, description = "malformed `Last-Event-ID`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many streams open", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("session" = []))
 )]

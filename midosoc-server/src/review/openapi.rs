@@ -6,7 +6,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api, events, session, view};
+use super::{api, error, events, session, view};
 
 /// The review API, as OpenAPI.
 #[derive(OpenApi)]
@@ -36,6 +36,7 @@ use super::{api, events, session, view};
         view::SessionView,
         api::DecisionRequest,
         session::SignIn,
+        error::Problem,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -99,5 +100,6 @@ mod tests {
         assert_eq!(schemes["bearer"]["scheme"], "bearer");
         assert_eq!(schemes["session"]["in"], "cookie");
         assert!(doc["components"]["schemas"]["ApprovalView"].is_object());
+        assert!(doc["components"]["schemas"]["Problem"]["properties"]["type"].is_object());
     }
 }

@@ -45,7 +45,7 @@ use tower_sessions::{Expiry, MemoryStore, Session, SessionManagerLayer};
 use utoipa::ToSchema;
 
 use super::Shared;
-use super::error::ReviewError;
+use super::error::{Problem, ReviewError};
 use super::view::{SessionView, parse_json};
 use crate::identity::AnalystAccount;
 
@@ -218,12 +218,12 @@ pub(super) struct SignIn {
 /// Signs a browser in: checks the analyst token, then starts a fresh
 /// session and sets its cookie.
 #[utoipa::path(
-    post, path = "/api/session", tag = "session",
+    post, path = "/api/session", operation_id = "signIn", tag = "session",
     request_body = SignIn,
     responses(
         (status = 200, description = "signed in; the session cookie is set", body = SessionView),
-        (status = 401, description = "not an analyst token", content_type = "application/problem+json"),
-        (status = 403, description = "request from another origin", content_type = "application/problem+json"),
+        (status = 401, description = "not an analyst token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "request from another origin", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -258,10 +258,10 @@ pub(super) async fn sign_in(
 /// Who is signed in, their role, and the CSRF token their browser must
 /// send with state changes.
 #[utoipa::path(
-    get, path = "/api/session", tag = "session",
+    get, path = "/api/session", operation_id = "currentSession", tag = "session",
     responses(
         (status = 200, description = "the signed-in analyst", body = SessionView),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("session" = []), ("bearer" = []))
 )]
@@ -271,11 +271,11 @@ pub(super) async fn current(reviewer: Reviewer) -> Json<SessionView> {
 
 /// Ends the browser's session and clears its cookie.
 #[utoipa::path(
-    delete, path = "/api/session", tag = "session",
+    delete, path = "/api/session", operation_id = "signOut", tag = "session",
     responses(
         (status = 204, description = "signed out"),
-        (status = 401, description = "not signed in", content_type = "application/problem+json"),
-        (status = 403, description = "CSRF token or origin refused", content_type = "application/problem+json"),
+        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "CSRF token or origin refused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("session" = []))
 )]

@@ -27,6 +27,7 @@ const PROBLEM: &str = "application/problem+json";
 struct Harness {
     router: Router,
     store: Arc<MemoryStore>,
+    identities: Identities,
     approver: String,
     viewer: String,
     agent_key: String,
@@ -45,8 +46,10 @@ async fn harness_with(store: MemoryStore, secure_cookies: bool) -> Harness {
     let agent_key = identities.add_agent("billing-bot").await.unwrap();
 
     let store = Arc::new(store);
-    let router = router(ReviewState { store: store.clone(), identities, secure_cookies });
-    Harness { router, store, approver, viewer, agent_key, _dir: dir }
+    let state =
+        ReviewState { store: store.clone(), identities: identities.clone(), secure_cookies };
+    let router = router(state);
+    Harness { router, store, identities, approver, viewer, agent_key, _dir: dir }
 }
 
 /// Holds a `DELETE` from `billing-bot`, as the gateway would.
@@ -440,6 +443,23 @@ async fn sign_in_rotates_the_session_id_and_sign_out_ends_it() {
 }
 
 #[tokio::test]
+async fn a_removed_analyst_loses_their_session_at_once() {
+    let h = harness().await;
+    let (cookie, _) = sign_in(&h, &h.approver).await;
+    assert!(h.identities.remove_analyst("alice").await.unwrap());
+
+    let request = Request::get("/api/approvals")
+        .header(header::HOST, HOST)
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let reply = send(&h.router, request).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let removal = reply.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(removal.starts_with("midosoc_session=;"), "{removal}");
+}
+
+#[tokio::test]
 async fn session_cookie_is_host_prefixed_secure_http_only_and_lax() {
     let h = harness_with(MemoryStore::new(), true).await;
     let reply = send(&h.router, sign_in_request(&h.approver, None)).await;
@@ -565,6 +585,25 @@ async fn a_browser_session_follows_the_event_stream() {
     let held = hold(&h.store, "https://api.example/v1/customers/cus_1").await;
     let text = read_events(response, |t| t.contains("id: 1")).await;
     assert!(text.contains(&held.id.to_string()), "{text}");
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    let h = harness().await;
+    let mut open = Vec::new();
+    for _ in 0..super::MAX_EVENT_STREAMS {
+        let response = h.router.clone().oneshot(events_request(&h.viewer, None)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+
+    let refused = send(&h.router, events_request(&h.viewer, None)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.problem_type(), "https://midosoc.dev/problems/too-many-streams");
+
+    drop(open.pop());
+    let response = h.router.clone().oneshot(events_request(&h.viewer, None)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

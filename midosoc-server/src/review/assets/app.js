@@ -165,6 +165,7 @@
   function setLive(mode) {
     const live = $("live");
     live.dataset.state = mode;
+    live.hidden = mode === "idle";
     $("live-label").textContent = {
       live: "Live",
       connecting: "Connecting…",
@@ -329,6 +330,8 @@
     $("d-agent").textContent = a.agent;
     const waited = $("d-waited");
     const expires = $("d-expires");
+    $("d-waited-label").textContent = "Held";
+    $("d-expires-label").textContent = a.status === "pending" ? "Expires" : "Waited";
     if (a.status === "pending") {
       waited.textContent = ago(a.created_at);
       waited.dataset.since = a.created_at;
@@ -339,7 +342,8 @@
       delete waited.dataset.since;
       delete expires.dataset.until;
       waited.textContent = clock(a.created_at);
-      expires.textContent = a.status === "expired" ? "expired " + clock(a.closed_at) : "—";
+      expires.textContent = span(doneAt(a) - Date.parse(a.created_at));
+      expires.title = "";
     }
     expires.classList.toggle(
       "expiring",
