@@ -60,8 +60,14 @@ pub(super) struct DecisionRequest {
     params(ListQuery),
     responses(
         (status = 200, description = "matching approvals, newest first", body = ApprovalList),
-        (status = 400, description = "unknown status or bad limit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 400, body = Problem, content_type = "application/problem+json",
+            description = "unknown status or bad limit",
+        ),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -89,9 +95,18 @@ pub(super) async fn list(
     params(("id" = String, Path, description = "approval id")),
     responses(
         (status = 200, description = "the approval", body = ApprovalView),
-        (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 400, body = Problem, content_type = "application/problem+json",
+            description = "malformed id",
+        ),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
+        (
+            status = 404, body = Problem, content_type = "application/problem+json",
+            description = "unknown id",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -112,11 +127,26 @@ pub(super) async fn show(
     request_body(content = Option<DecisionRequest>, description = "an optional reason"),
     responses(
         (status = 200, description = "approved", body = ApprovalView),
-        (status = 400, description = "malformed id or JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "role cannot decide, or CSRF refused", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already decided, withdrawn or expired", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 400, body = Problem, content_type = "application/problem+json",
+            description = "malformed id or JSON",
+        ),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
+        (
+            status = 403, body = Problem, content_type = "application/problem+json",
+            description = "role cannot decide, or CSRF refused",
+        ),
+        (
+            status = 404, body = Problem, content_type = "application/problem+json",
+            description = "unknown id",
+        ),
+        (
+            status = 409, body = Problem, content_type = "application/problem+json",
+            description = "already decided, withdrawn or expired",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -136,11 +166,26 @@ pub(super) async fn approve(
     request_body(content = DecisionRequest, description = "the reason, required"),
     responses(
         (status = 200, description = "denied", body = ApprovalView),
-        (status = 400, description = "no reason, malformed id or JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "role cannot decide, or CSRF refused", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already decided, withdrawn or expired", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 400, body = Problem, content_type = "application/problem+json",
+            description = "no reason, malformed id or JSON",
+        ),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
+        (
+            status = 403, body = Problem, content_type = "application/problem+json",
+            description = "role cannot decide, or CSRF refused",
+        ),
+        (
+            status = 404, body = Problem, content_type = "application/problem+json",
+            description = "unknown id",
+        ),
+        (
+            status = 409, body = Problem, content_type = "application/problem+json",
+            description = "already decided, withdrawn or expired",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]
@@ -213,7 +258,10 @@ pub(super) struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "entries, newest first", body = AuditLog),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]

@@ -14,7 +14,7 @@
 //! response says `X-Accel-Buffering: no` so nginx does not hold events
 //! back. The stream is never compressed (tower-http's compression leaves
 //! `text/event-stream` alone).
-//
+
 // LIMITATION: a client connecting without `Last-Event-ID` receives every
 // event the store still retains before the live ones (the store trait has
 // no "from now on" cursor). The dashboard applies them idempotently; the
@@ -48,10 +48,22 @@ const RETRY: Duration = Duration::from_secs(1);
     get, path = "/api/events", operation_id = "streamEvents", tag = "events",
     params(("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")),
     responses(
-        (status = 200, description = "an endless `text/event-stream`; each message's data is an event", content_type = "text/event-stream", body = super::view::EventView),
-        (status = 400, description = "malformed `Last-Event-ID`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "too many streams open", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 200, content_type = "text/event-stream", body = super::view::EventView,
+            description = "an endless `text/event-stream`; each message's data is an event",
+        ),
+        (
+            status = 400, body = Problem, content_type = "application/problem+json",
+            description = "malformed `Last-Event-ID`",
+        ),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
+        (
+            status = 503, body = Problem, content_type = "application/problem+json",
+            description = "too many streams open",
+        ),
     ),
     security(("bearer" = []), ("session" = []))
 )]

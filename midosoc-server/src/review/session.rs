@@ -222,8 +222,14 @@ pub(super) struct SignIn {
     request_body = SignIn,
     responses(
         (status = 200, description = "signed in; the session cookie is set", body = SessionView),
-        (status = 401, description = "not an analyst token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "request from another origin", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not an analyst token",
+        ),
+        (
+            status = 403, body = Problem, content_type = "application/problem+json",
+            description = "request from another origin",
+        ),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -261,7 +267,10 @@ pub(super) async fn sign_in(
     get, path = "/api/session", operation_id = "currentSession", tag = "session",
     responses(
         (status = 200, description = "the signed-in analyst", body = SessionView),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
     ),
     security(("session" = []), ("bearer" = []))
 )]
@@ -274,8 +283,14 @@ pub(super) async fn current(reviewer: Reviewer) -> Json<SessionView> {
     delete, path = "/api/session", operation_id = "signOut", tag = "session",
     responses(
         (status = 204, description = "signed out"),
-        (status = 401, description = "not signed in", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "CSRF token or origin refused", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 401, body = Problem, content_type = "application/problem+json",
+            description = "not signed in",
+        ),
+        (
+            status = 403, body = Problem, content_type = "application/problem+json",
+            description = "CSRF token or origin refused",
+        ),
     ),
     security(("session" = []))
 )]
