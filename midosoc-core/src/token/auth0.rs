@@ -1,41 +1,6 @@
 //! [`Auth0Issuer`]: access tokens from an Auth0 tenant's `/oauth/token`.
 //!
-//! Auth0 is a preset of [`OAuth2Issuer`]: the token URL is
-//! `https://DOMAIN/oauth/token`, the client authenticates with
-//! `client_secret_post`, the audience goes in Auth0's own `audience`
-//! parameter (the API identifier), and Auth0's error answers are read the
-//! Auth0 way:
-//!
-//! | Auth0 answers | outcome |
-//! |---|---|
-//! | `401 invalid_client`, `403 access_denied` "Unauthorized" | [`IssueError::InvalidClient`] |
-//! | `403 access_denied` "Client is not authorized to access ..." | [`IssueError::AudienceNotAllowed`] |
-//! | `403 access_denied` "Service not enabled within domain: ..." | [`IssueError::AudienceNotAllowed`] |
-//! | `429 too_many_requests` with `Retry-After` or `X-RateLimit-Reset` | [`IssueError::RateLimited`] |
-//! | no answer, a timeout, a `5xx` | [`IssueError::Unreachable`] |
-//!
-//! Auth0 limits how many machine-to-machine tokens a tenant may mint, so
-//! tokens are reused per (audience, scope) for their lifetime less a margin
-//! unless `reuse_tokens` is off.
-//!
-//! ```no_run
-//! use midosoc_core::token::{Auth0Issuer, Auth0IssuerConfig, ClientSecret};
-//!
-//! # fn build() -> Result<Auth0Issuer, Box<dyn std::error::Error>> {
-//! let mut config = Auth0IssuerConfig::new(
-//!     "example.eu.auth0.com",
-//!     "k3Rb0wQ5sN1xY8pZ",
-//!     ClientSecret::from_file("/run/secrets/auth0_client_secret")?,
-//! );
-//! config.audience = Some("https://api.example.com".to_owned());
-//! Ok(Auth0Issuer::new(config)?)
-//! # }
-//! ```
-//!
-//! [`IssueError::InvalidClient`]: super::IssueError::InvalidClient
-//! [`IssueError::AudienceNotAllowed`]: super::IssueError::AudienceNotAllowed
-//! [`IssueError::RateLimited`]: super::IssueError::RateLimited
-//! [`IssueError::Unreachable`]: super::IssueError::Unreachable
+//! See [`Auth0Issuer`] for how Auth0's answers are read.
 
 use async_trait::async_trait;
 use reqwest::Url;
@@ -144,6 +109,43 @@ fn token_url(domain: &str) -> Result<String, OAuth2IssuerError> {
 
 /// Mints tokens by asking an Auth0 tenant for them with the
 /// client-credentials grant.
+///
+/// Auth0 is a preset of [`OAuth2Issuer`]: the token URL is
+/// `https://DOMAIN/oauth/token`, the client authenticates with
+/// `client_secret_post`, the audience goes in Auth0's own `audience`
+/// parameter (the API identifier), and Auth0's error answers are read the
+/// Auth0 way:
+///
+/// | Auth0 answers | outcome |
+/// |---|---|
+/// | `401 invalid_client`, `403 access_denied` "Unauthorized" | [`IssueError::InvalidClient`] |
+/// | `403 access_denied` "Client is not authorized to access ..." | [`IssueError::AudienceNotAllowed`] |
+/// | `403 access_denied` "Service not enabled within domain: ..." | [`IssueError::AudienceNotAllowed`] |
+/// | `429 too_many_requests` with `Retry-After` or `X-RateLimit-Reset` | [`IssueError::RateLimited`] |
+/// | no answer, a timeout, a `5xx` | [`IssueError::Unreachable`] |
+///
+/// Auth0 limits how many machine-to-machine tokens a tenant may mint, so
+/// tokens are reused per (audience, scope) for their lifetime less a margin
+/// unless `reuse_tokens` is off.
+///
+/// ```no_run
+/// use midosoc_core::token::{Auth0Issuer, Auth0IssuerConfig, ClientSecret};
+///
+/// # fn build() -> Result<Auth0Issuer, Box<dyn std::error::Error>> {
+/// let mut config = Auth0IssuerConfig::new(
+///     "example.eu.auth0.com",
+///     "k3Rb0wQ5sN1xY8pZ",
+///     ClientSecret::from_file("/run/secrets/auth0_client_secret")?,
+/// );
+/// config.audience = Some("https://api.example.com".to_owned());
+/// Ok(Auth0Issuer::new(config)?)
+/// # }
+/// ```
+///
+/// [`IssueError::InvalidClient`]: super::IssueError::InvalidClient
+/// [`IssueError::AudienceNotAllowed`]: super::IssueError::AudienceNotAllowed
+/// [`IssueError::RateLimited`]: super::IssueError::RateLimited
+/// [`IssueError::Unreachable`]: super::IssueError::Unreachable
 #[derive(Debug)]
 pub struct Auth0Issuer(OAuth2Issuer);
 

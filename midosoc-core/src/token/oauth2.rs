@@ -7,60 +7,7 @@
 //! and the grant's scopes. It authenticates with `client_secret_basic` or
 //! `client_secret_post`.
 //!
-//! ```no_run
-//! use midosoc_core::token::{ClientSecret, Grant, OAuth2Issuer, OAuth2IssuerConfig};
-//! use midosoc_core::TokenIssuer;
-//!
-//! # async fn run(grant: Grant) -> Result<(), Box<dyn std::error::Error>> {
-//! let mut config = OAuth2IssuerConfig::new(
-//!     "https://login.example.com/token",
-//!     "midosoc-gateway",
-//!     ClientSecret::from_env("MIDOSOC_CLIENT_SECRET")?,
-//! );
-//! config.audience = Some("https://api.example.com".to_owned());
-//! let issuer = OAuth2Issuer::new(config)?;
-//! let token = issuer.issue(&grant).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! # Reuse and rate limits
-//!
-//! Providers meter client-credentials tokens (Auth0 by quota), so with
-//! `reuse_tokens` a token is kept per (audience, scope) and handed out again
-//! until `reuse_margin_seconds` before it expires. Concurrent approvals for
-//! the same pair wait for one request rather than racing. Nothing is fetched
-//! ahead of time: a request that passes without approval never causes a
-//! token request. A `429` answer is remembered until the instant it names
-//! (`Retry-After`, or `X-RateLimit-Reset` as Auth0 sends it), and until then
-//! every issue fails fast with [`IssueError::RateLimited`] without touching
-//! the network.
-//!
-//! # Why reqwest and not the `oauth2` crate
-//!
-//! The errors Midosoc must tell apart depend on the HTTP status and headers
-//! of the answer (`401` against `403`, `Retry-After` on `429`), which the
-//! `oauth2` crate folds into its own error type, and its bundled client is
-//! an older reqwest. The request itself is a single form post, so it is
-//! written here with the workspace's reqwest: redirects off, connect and
-//! overall timeouts, a bounded response body.
-//!
-//! # Security
-//!
-//! The client secret is a [`ClientSecret`], which redacts itself in `Debug`
-//! and has no `PartialEq`. Tokens travel as [`BearerToken`]s and are never
-//! logged; what is logged and returned as `token_id` is the token's `jti`
-//! or, for an opaque token, a SHA-256 fingerprint of it.
-//!
-//! LIMITATION: a client-credentials token names the gateway's client as its
-//! subject and allows the whole audience and scope, not the single approved
-//! action: the grant's agent, analyst and `authorization_details` are not
-//! sent. RFC 8693 token exchange (agent as `sub`, analyst as `act`) is not
-//! implemented because the test provider has no built-in token-exchange
-//! grant and Auth0's is an add-on needing a custom Action to validate the
-//! subject token. In proxy mode the token goes only to the upstream, never
-//! to the agent, so the approval still covers exactly one request; in
-//! action-API mode use the built-in signed-token issuer when a token must
-//! be bound to one action.
+//! See [`OAuth2Issuer`] for reuse, rate limits and the security notes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -310,6 +257,63 @@ pub(crate) enum Dialect {
 
 /// Mints tokens by asking an OAuth 2.0 server for them with the
 /// client-credentials grant.
+///
+/// ```no_run
+/// use midosoc_core::token::{ClientSecret, Grant, OAuth2Issuer, OAuth2IssuerConfig};
+/// use midosoc_core::TokenIssuer;
+///
+/// # async fn run(grant: Grant) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut config = OAuth2IssuerConfig::new(
+///     "https://login.example.com/token",
+///     "midosoc-gateway",
+///     ClientSecret::from_env("MIDOSOC_CLIENT_SECRET")?,
+/// );
+/// config.audience = Some("https://api.example.com".to_owned());
+/// let issuer = OAuth2Issuer::new(config)?;
+/// let token = issuer.issue(&grant).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Reuse and rate limits
+///
+/// Providers meter client-credentials tokens (Auth0 by quota), so with
+/// `reuse_tokens` a token is kept per (audience, scope) and handed out again
+/// until `reuse_margin_seconds` before it expires. Concurrent approvals for
+/// the same pair wait for one request rather than racing. Nothing is fetched
+/// ahead of time: a request that passes without approval never causes a
+/// token request. A `429` answer is remembered until the instant it names
+/// (`Retry-After`, or `X-RateLimit-Reset` as Auth0 sends it), and until then
+/// every issue fails fast with [`IssueError::RateLimited`] without touching
+/// the network.
+///
+/// # Why reqwest and not the `oauth2` crate
+///
+/// The errors Midosoc must tell apart depend on the HTTP status and headers
+/// of the answer (`401` against `403`, `Retry-After` on `429`), which the
+/// `oauth2` crate folds into its own error type, and its bundled client is
+/// an older reqwest. The request itself is a single form post, so it is
+/// written here with the workspace's reqwest: redirects off, connect and
+/// overall timeouts, a bounded response body.
+///
+/// # Security
+///
+/// The client secret is a [`ClientSecret`], which redacts itself in `Debug`
+/// and has no `PartialEq`. Tokens travel as [`BearerToken`]s and are never
+/// logged; what is logged and returned as `token_id` is the token's `jti`
+/// or, for an opaque token, a SHA-256 fingerprint of it.
+///
+/// # Limitations
+///
+/// A client-credentials token names the gateway's client as its subject
+/// and allows the whole audience and scope, not the single approved action:
+/// the grant's agent, analyst and `authorization_details` are not sent.
+/// RFC 8693 token exchange (agent as `sub`, analyst as `act`) is not
+/// implemented because the test provider has no built-in token-exchange
+/// grant and Auth0's is an add-on needing a custom Action to validate the
+/// subject token. In proxy mode the token goes only to the upstream, never
+/// to the agent, so the approval still covers exactly one request; in
+/// action-API mode use the built-in signed-token issuer when a token must
+/// be bound to one action.
 #[derive(Debug)]
 pub struct OAuth2Issuer {
     http: reqwest::Client,
@@ -476,6 +480,9 @@ impl OAuth2Issuer {
         audience: Option<&str>,
         scope: Option<&str>,
     ) -> Result<(IssuedToken, Option<Duration>), IssueError> {
+        // LIMITATION: the grant's agent, analyst and authorization details
+        // are not sent, so the token allows the audience and scope, not the
+        // one action; see the Limitations section of `OAuth2Issuer`.
         let mut form = vec![("grant_type", "client_credentials")];
         if let Some(audience) = audience {
             form.push((self.audience_param.as_str(), audience));
@@ -682,7 +689,8 @@ fn map_failure(
     let description = body.error_description.as_str();
 
     if status == StatusCode::TOO_MANY_REQUESTS || body.error == "too_many_requests" {
-        return IssueError::RateLimited { retry_after: retry_after(headers, SystemTime::now()) };
+        let wait = retry_after(headers, SystemTime::now()).map(|d| d.min(MAX_RATE_LIMIT_PAUSE));
+        return IssueError::RateLimited { retry_after: wait };
     }
     if status.is_server_error() {
         let error = OAuth2IssuerError::ServerStatus(status.as_u16());
@@ -820,6 +828,41 @@ mod tests {
     }
 
     #[test]
+    fn config_reads_from_toml_with_defaults() {
+        let config: OAuth2IssuerConfig = toml::from_str(
+            r#"
+            token_url = "https://login.example.com/token"
+            client_id = "gateway"
+            client_secret = "xyz"
+            client_auth = "client_secret_post"
+            audience_param = "audience"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(config.audience_param, "audience");
+        assert!(config.reuse_tokens);
+        assert_eq!(config.request_timeout_seconds, 10);
+        assert!(!format!("{config:?}").contains("xyz"));
+
+        let unknown = toml::from_str::<OAuth2IssuerConfig>(
+            "token_url = \"https://a/t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nsecret = \"s\"",
+        );
+        assert!(unknown.is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn audience_parameter_cannot_shadow_the_grant() {
+        for name in ["", "client_secret", "grant_type", "scope"] {
+            let mut config =
+                OAuth2IssuerConfig::new("https://a/t", "client", ClientSecret::new("s"));
+            config.audience_param = name.to_owned();
+            let error = OAuth2Issuer::new(config).unwrap_err();
+            assert!(matches!(error, OAuth2IssuerError::ReservedParameter(_)), "{name}");
+        }
+    }
+
+    #[test]
     fn refusals_map_to_outcomes() {
         let none = HeaderMap::new();
         let check = |dialect, status: u16, error: &str, description: &str, expected: &str| {
@@ -857,6 +900,16 @@ mod tests {
             "access_denied",
             "Service not enabled within domain: https://api",
             r#"AudienceNotAllowed("https://api")"#,
+        );
+        check(
+            Auth0,
+            403,
+            "unauthorized_client",
+            "Grant type 'client_credentials' not allowed for the client.",
+            concat!(
+                r#"Rejected("status 403, `unauthorized_client`: "#,
+                r#"Grant type 'client_credentials' not allowed for the client.")"#,
+            ),
         );
         check(
             Standard,
