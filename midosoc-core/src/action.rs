@@ -28,6 +28,10 @@ const KEPT_HEADERS: &[&str] = &[
     "x-request-id",
     "idempotency-key",
     "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-amz-target",
+    "soapaction",
     "x-midosoc-intent",
 ];
 

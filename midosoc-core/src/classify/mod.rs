@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 
-// mod heuristic;
+mod heuristic;
 
-// pub use heuristic::{HeuristicClassifier, RuleTable, RuleTableError};
+pub use heuristic::{HeuristicClassifier, RuleTable, RuleTableError};
 
 mod compose;
 #[cfg(feature = "llm")]

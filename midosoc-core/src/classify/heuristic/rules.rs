@@ -1,0 +1,889 @@
+//! The rule table behind the heuristic classifier: its TOML form, how two
+//! tables merge, validation, and the lookup tables compiled from it.
+//!
+//! The table is data a security team can read and extend; nothing in it is
+//! evaluated. [`Lexicon`] is its compiled form: every word normalised to
+//! lower-case tokens and indexed by its first token, so that a lookup is a
+//! hash probe and no text is parsed per request.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+
+use super::text;
+use crate::classify::Risk;
+
+/// The built-in table.
+const BUILTIN: &str = include_str!("rules.toml");
+
+/// Longest phrase, in words, a table may hold.
+const MAX_PHRASE_WORDS: usize = 4;
+
+/// The vocabulary and settings of
+/// [`HeuristicClassifier`](super::HeuristicClassifier).
+///
+/// [`RuleTable::default`] is the built-in table. A deployment adds to it with
+/// [`RuleTable::from_toml_str`] and [`RuleTable::extend`]; the format is the
+/// one of the built-in table, `rules.toml` beside this module, where every
+/// section is explained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTable {
+    #[serde(default)]
+    paths: PathRules,
+    #[serde(default)]
+    verbs: BTreeMap<String, VerbGroup>,
+    #[serde(default)]
+    nouns: BTreeMap<String, NounGroup>,
+    #[serde(default)]
+    relations: RelationRules,
+    #[serde(default)]
+    body: BodyRules,
+    #[serde(default)]
+    shell: ShellRules,
+    #[serde(default)]
+    mcp: McpRules,
+    #[serde(default)]
+    deny: DenyRules,
+}
+
+/// Why a rule table could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleTableError {
+    /// The text is not TOML.
+    #[error("rule table is not valid TOML at line {line}: {message}")]
+    Syntax {
+        /// Line of the error, from 1.
+        line: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key has a value of the wrong kind, or is unknown.
+    #[error("invalid rule table entry at `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key, such as `verbs.erase.risk`.
+        key: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A word has no letters or digits.
+    #[error("`{key}` lists `{word}`, which has no letters or digits")]
+    EmptyWord {
+        /// Dotted path of the list.
+        key: String,
+        /// The word as written.
+        word: String,
+    },
+    /// A word has more words than a phrase may hold.
+    #[error("`{key}` lists `{word}`, longer than {MAX_PHRASE_WORDS} words")]
+    LongPhrase {
+        /// Dotted path of the list.
+        key: String,
+        /// The phrase as written.
+        word: String,
+    },
+    /// A verb is in two groups, so its meaning is ambiguous.
+    #[error("verb `{word}` is listed in both `{first}` and `{second}`")]
+    DuplicateVerb {
+        /// The verb.
+        word: String,
+        /// The first group listing it.
+        first: String,
+        /// The second group listing it.
+        second: String,
+    },
+    /// A verb group limits its objects both ways.
+    #[error("`{key}` sets both `only_objects` and `unless_objects`")]
+    ConflictingObjects {
+        /// Dotted path of the group.
+        key: String,
+    },
+    /// A short flag is not written as `letter=word`.
+    #[error("`{key}` lists `{flag}`; write short flags as `f=force`")]
+    BadShortFlag {
+        /// Dotted path of the list.
+        key: String,
+        /// The entry as written.
+        flag: String,
+    },
+}
+
+/// What a verb does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Effect {
+    /// Held for a person.
+    Destructive,
+    /// An ordinary, reversible change.
+    Write,
+    /// No side effects.
+    Read,
+}
+
+/// When a sensitive noun counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum NounScope {
+    /// Any change that names it.
+    Mutate,
+    /// Creating one.
+    Create,
+    /// An action on one.
+    Action,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PathRules {
+    file_extensions: Vec<String>,
+    id_aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct VerbGroup {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effect: Option<Effect>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk: Option<Risk>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_get: Option<bool>,
+    words: Vec<String>,
+    only_objects: Vec<String>,
+    unless_objects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct NounGroup {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk: Option<Risk>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on: Option<NounScope>,
+    words: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RelationRules {
+    soft: Vec<String>,
+    path_soft: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BodyRules {
+    verb_keys: Vec<String>,
+    sql_keys: Vec<String>,
+    command_keys: Vec<String>,
+    url_keys: Vec<String>,
+    data_keys: Vec<String>,
+    dry_run_keys: Vec<String>,
+    state_flags: Vec<String>,
+    protections: Vec<String>,
+    exposure_keys: Vec<String>,
+    public_values: Vec<String>,
+    public_flags: Vec<String>,
+    private_flags: Vec<String>,
+    access_keys: Vec<String>,
+    branch_keys: Vec<String>,
+    protected_branches: Vec<String>,
+    branch_write_verbs: Vec<String>,
+    destination_keys: Vec<String>,
+    export_verbs: Vec<String>,
+    scale_keys: Vec<String>,
+    overwrite_operators: Vec<String>,
+    selector_keys: Vec<String>,
+    bulk_words: Vec<String>,
+    update_verbs: Vec<String>,
+    create_verbs: Vec<String>,
+    search_verbs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ShellRules {
+    read_programs: Vec<String>,
+    write_programs: Vec<String>,
+    subcommand_programs: Vec<String>,
+    opaque_subcommands: Vec<String>,
+    sql_programs: Vec<String>,
+    request_programs: Vec<String>,
+    short_flags: BTreeMap<String, Vec<String>>,
+    wrappers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct McpRules {
+    shell_tools: Vec<String>,
+    description_phrases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DenyRules {
+    phrases: Vec<String>,
+}
+
+impl Default for RuleTable {
+    /// The built-in table.
+    fn default() -> Self {
+        // INVARIANT: the built-in table parses and validates; a unit test
+        // loads it, so a broken edit never reaches a build that ships.
+        Self::from_toml_str(BUILTIN).unwrap_or_else(|e| panic!("built-in rule table: {e}"))
+    }
+}
+
+impl RuleTable {
+    /// A table with no vocabulary at all: every request is judged by its
+    /// method alone. A base for a table written from scratch.
+    pub fn empty() -> Self {
+        Self {
+            paths: PathRules::default(),
+            verbs: BTreeMap::new(),
+            nouns: BTreeMap::new(),
+            relations: RelationRules::default(),
+            body: BodyRules::default(),
+            shell: ShellRules::default(),
+            mcp: McpRules::default(),
+            deny: DenyRules::default(),
+        }
+    }
+
+    /// Parses and validates a table written in TOML.
+    pub fn from_toml_str(text: &str) -> Result<Self, RuleTableError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let line = e.span().map_or(1, |span| {
+                text.get(..span.start).map_or(1, |before| before.matches('\n').count() + 1)
+            });
+            RuleTableError::Syntax { line, message: one_line(e.message()) }
+        })?;
+        let table: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            RuleTableError::Invalid {
+                key: e.path().to_string(),
+                message: one_line(e.inner().message()),
+            }
+        })?;
+        table.validate()?;
+        Ok(table)
+    }
+
+    /// Adds `other` to this table.
+    ///
+    /// Lists grow; a group's label, effect, risk or scope given in `other`
+    /// replaces this table's. A verb listed in a group of `other` leaves
+    /// every other verb group first, so a configuration can reclassify a
+    /// built-in verb.
+    pub fn extend(&mut self, other: RuleTable) {
+        append(&mut self.paths.file_extensions, other.paths.file_extensions);
+        append(&mut self.paths.id_aliases, other.paths.id_aliases);
+
+        for (name, group) in other.verbs {
+            for word in &group.words {
+                let key = text::normal_form(word);
+                for existing in self.verbs.values_mut() {
+                    existing.words.retain(|w| text::normal_form(w) != key);
+                }
+            }
+            let mine = self.verbs.entry(name).or_default();
+            mine.label = group.label.or(mine.label.take());
+            mine.effect = group.effect.or(mine.effect);
+            mine.risk = group.risk.or(mine.risk);
+            mine.on_get = group.on_get.or(mine.on_get);
+            append(&mut mine.words, group.words);
+            append(&mut mine.only_objects, group.only_objects);
+            append(&mut mine.unless_objects, group.unless_objects);
+        }
+        for (name, group) in other.nouns {
+            let mine = self.nouns.entry(name).or_default();
+            mine.label = group.label.or(mine.label.take());
+            mine.risk = group.risk.or(mine.risk);
+            mine.on = group.on.or(mine.on);
+            append(&mut mine.words, group.words);
+        }
+
+        append(&mut self.relations.soft, other.relations.soft);
+        append(&mut self.relations.path_soft, other.relations.path_soft);
+        self.body.extend(other.body);
+        self.shell.extend(other.shell);
+        append(&mut self.mcp.shell_tools, other.mcp.shell_tools);
+        append(&mut self.mcp.description_phrases, other.mcp.description_phrases);
+        append(&mut self.deny.phrases, other.deny.phrases);
+    }
+
+    /// Checks what serde cannot: words that normalise to nothing, verbs in
+    /// two groups, contradictory object limits, malformed short flags.
+    pub fn validate(&self) -> Result<(), RuleTableError> {
+        Lexicon::compile(self).map(|_| ())
+    }
+
+    /// The phrases that are denied outright, as written.
+    pub fn denied_phrases(&self) -> &[String] {
+        &self.deny.phrases
+    }
+}
+
+impl BodyRules {
+    fn extend(&mut self, other: BodyRules) {
+        let BodyRules {
+            verb_keys,
+            sql_keys,
+            command_keys,
+            url_keys,
+            data_keys,
+            dry_run_keys,
+            state_flags,
+            protections,
+            exposure_keys,
+            public_values,
+            public_flags,
+            private_flags,
+            access_keys,
+            branch_keys,
+            protected_branches,
+            branch_write_verbs,
+            destination_keys,
+            export_verbs,
+            scale_keys,
+            overwrite_operators,
+            selector_keys,
+            bulk_words,
+            update_verbs,
+            create_verbs,
+            search_verbs,
+        } = other;
+        append(&mut self.verb_keys, verb_keys);
+        append(&mut self.sql_keys, sql_keys);
+        append(&mut self.command_keys, command_keys);
+        append(&mut self.url_keys, url_keys);
+        append(&mut self.data_keys, data_keys);
+        append(&mut self.dry_run_keys, dry_run_keys);
+        append(&mut self.state_flags, state_flags);
+        append(&mut self.protections, protections);
+        append(&mut self.exposure_keys, exposure_keys);
+        append(&mut self.public_values, public_values);
+        append(&mut self.public_flags, public_flags);
+        append(&mut self.private_flags, private_flags);
+        append(&mut self.access_keys, access_keys);
+        append(&mut self.branch_keys, branch_keys);
+        append(&mut self.protected_branches, protected_branches);
+        append(&mut self.branch_write_verbs, branch_write_verbs);
+        append(&mut self.destination_keys, destination_keys);
+        append(&mut self.export_verbs, export_verbs);
+        append(&mut self.scale_keys, scale_keys);
+        append(&mut self.overwrite_operators, overwrite_operators);
+        append(&mut self.selector_keys, selector_keys);
+        append(&mut self.bulk_words, bulk_words);
+        append(&mut self.update_verbs, update_verbs);
+        append(&mut self.create_verbs, create_verbs);
+        append(&mut self.search_verbs, search_verbs);
+    }
+}
+
+impl ShellRules {
+    fn extend(&mut self, other: ShellRules) {
+        append(&mut self.read_programs, other.read_programs);
+        append(&mut self.write_programs, other.write_programs);
+        append(&mut self.subcommand_programs, other.subcommand_programs);
+        append(&mut self.opaque_subcommands, other.opaque_subcommands);
+        append(&mut self.sql_programs, other.sql_programs);
+        append(&mut self.request_programs, other.request_programs);
+        append(&mut self.wrappers, other.wrappers);
+        for (program, flags) in other.short_flags {
+            append(self.short_flags.entry(program).or_default(), flags);
+        }
+    }
+}
+
+/// Appends the words of `more` that `list` lacks.
+fn append(list: &mut Vec<String>, more: Vec<String>) {
+    for word in more {
+        if !list.contains(&word) {
+            list.push(word);
+        }
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// The compiled form.
+
+/// A destructive, write or read verb group, compiled.
+#[derive(Debug)]
+pub(super) struct VerbSense {
+    /// Marker rule name, such as `verb.erase`.
+    pub(super) rule: String,
+    /// What it means, for the rationale.
+    pub(super) label: String,
+    pub(super) effect: Effect,
+    pub(super) risk: Risk,
+    pub(super) on_get: bool,
+    /// Destructive only for these objects, when set.
+    pub(super) only: Option<PhraseMap<()>>,
+    /// An ordinary write for these objects.
+    pub(super) unless: PhraseMap<()>,
+}
+
+/// A sensitive noun group, compiled.
+#[derive(Debug)]
+pub(super) struct NounSense {
+    pub(super) rule: String,
+    pub(super) label: String,
+    pub(super) risk: Risk,
+    pub(super) scope: NounScope,
+}
+
+/// Word lists of the body rules, compiled.
+#[derive(Debug, Default)]
+pub(super) struct BodyLexicon {
+    pub(super) verb_keys: PhraseMap<()>,
+    pub(super) sql_keys: PhraseMap<()>,
+    pub(super) command_keys: PhraseMap<()>,
+    pub(super) url_keys: PhraseMap<()>,
+    pub(super) data_keys: PhraseMap<()>,
+    pub(super) dry_run_keys: PhraseMap<()>,
+    pub(super) state_flags: PhraseMap<()>,
+    pub(super) protections: PhraseMap<()>,
+    pub(super) exposure_keys: PhraseMap<()>,
+    pub(super) public_values: PhraseMap<()>,
+    pub(super) public_flags: PhraseMap<()>,
+    pub(super) private_flags: PhraseMap<()>,
+    pub(super) access_keys: PhraseMap<()>,
+    pub(super) branch_keys: PhraseMap<()>,
+    pub(super) protected_branches: PhraseMap<()>,
+    pub(super) branch_write_verbs: PhraseMap<()>,
+    pub(super) destination_keys: PhraseMap<()>,
+    pub(super) export_verbs: PhraseMap<()>,
+    pub(super) scale_keys: PhraseMap<()>,
+    pub(super) overwrite_operators: HashSet<Box<str>>,
+    pub(super) selector_keys: PhraseMap<()>,
+    pub(super) bulk_words: PhraseMap<()>,
+    pub(super) update_verbs: PhraseMap<()>,
+    pub(super) create_verbs: PhraseMap<()>,
+    pub(super) search_verbs: PhraseMap<()>,
+}
+
+/// Shell rules, compiled. Program names are kept as written, lower-cased.
+#[derive(Debug, Default)]
+pub(super) struct ShellLexicon {
+    pub(super) read_programs: HashSet<Box<str>>,
+    pub(super) write_programs: HashSet<Box<str>>,
+    pub(super) subcommand_programs: HashSet<Box<str>>,
+    pub(super) opaque_subcommands: HashSet<Box<str>>,
+    pub(super) sql_programs: HashSet<Box<str>>,
+    pub(super) request_programs: HashSet<Box<str>>,
+    pub(super) wrappers: HashSet<Box<str>>,
+    /// Program → short flag letter → the word it stands for.
+    pub(super) short_flags: HashMap<Box<str>, Vec<(char, Box<str>)>>,
+}
+
+/// Everything the classifier looks words up in.
+#[derive(Debug)]
+pub(super) struct Lexicon {
+    pub(super) verb_groups: Vec<VerbSense>,
+    pub(super) noun_groups: Vec<NounSense>,
+    /// Verb → its group; matched as written.
+    pub(super) verbs: PhraseMap<usize>,
+    /// Noun → its groups; matched singular or plural.
+    pub(super) nouns: PhraseMap<Vec<usize>>,
+    pub(super) soft: PhraseMap<()>,
+    pub(super) path_soft: PhraseMap<()>,
+    pub(super) file_extensions: HashSet<Box<str>>,
+    pub(super) id_aliases: HashSet<Box<str>>,
+    pub(super) body: BodyLexicon,
+    pub(super) shell: ShellLexicon,
+    pub(super) shell_tools: PhraseMap<()>,
+    pub(super) description_phrases: PhraseMap<()>,
+    pub(super) deny: PhraseMap<()>,
+    /// The group of `delete`: its verbs only unlink a soft relation.
+    pub(super) erase_group: Option<usize>,
+    /// The group of `exec`: in a tool's name it only hints, and what the
+    /// call carries (SQL, a command) decides.
+    pub(super) exec_group: Option<usize>,
+    /// Every word of the table, for cutting compounds like `deleterange`.
+    known: HashSet<Box<str>>,
+}
+
+impl Lexicon {
+    /// Compiles and validates a table.
+    pub(super) fn compile(table: &RuleTable) -> Result<Self, RuleTableError> {
+        let mut known = HashSet::default();
+        let mut verbs = PhraseMap::default();
+        let mut verb_groups = Vec::new();
+        let mut owner: HashMap<Vec<String>, String> = HashMap::default();
+
+        for (name, group) in &table.verbs {
+            let key = format!("verbs.{name}");
+            if !group.only_objects.is_empty() && !group.unless_objects.is_empty() {
+                return Err(RuleTableError::ConflictingObjects { key });
+            }
+            let index = verb_groups.len();
+            for word in &group.words {
+                let phrase = phrase(&key, "words", word)?;
+                if let Some(first) = owner.insert(phrase.clone(), key.clone()) {
+                    return Err(RuleTableError::DuplicateVerb {
+                        word: word.clone(),
+                        first,
+                        second: key,
+                    });
+                }
+                remember(&mut known, &phrase);
+                verbs.insert(phrase, index);
+            }
+            let only = if group.only_objects.is_empty() {
+                None
+            } else {
+                Some(set(&mut known, &key, "only_objects", &group.only_objects)?)
+            };
+            let unless = set(&mut known, &key, "unless_objects", &group.unless_objects)?;
+            verb_groups.push(VerbSense {
+                rule: format!("verb.{name}"),
+                label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
+                effect: group.effect.unwrap_or(Effect::Destructive),
+                risk: group.risk.unwrap_or(Risk::High),
+                on_get: group.on_get.unwrap_or(false),
+                only,
+                unless,
+            });
+        }
+
+        let mut nouns: PhraseMap<Vec<usize>> = PhraseMap::default();
+        let mut noun_groups = Vec::new();
+        for (name, group) in &table.nouns {
+            let key = format!("nouns.{name}");
+            let index = noun_groups.len();
+            for word in &group.words {
+                let phrase = phrase(&key, "words", word)?;
+                remember(&mut known, &phrase);
+                nouns.insert_with(phrase, |groups| {
+                    if !groups.contains(&index) {
+                        groups.push(index);
+                    }
+                });
+            }
+            noun_groups.push(NounSense {
+                rule: format!("noun.{name}"),
+                label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
+                risk: group.risk.unwrap_or(Risk::High),
+                scope: group.on.unwrap_or(NounScope::Mutate),
+            });
+        }
+
+        let r = &table.relations;
+        let soft = set(&mut known, "relations", "soft", &r.soft)?;
+        let path_soft = set(&mut known, "relations", "path_soft", &r.path_soft)?;
+        let body = compile_body(&table.body, &mut known)?;
+        let shell = compile_shell(&table.shell)?;
+        let shell_tools = set(&mut known, "mcp", "shell_tools", &table.mcp.shell_tools)?;
+        let description_phrases =
+            set(&mut known, "mcp", "description_phrases", &table.mcp.description_phrases)?;
+        let deny = set(&mut known, "deny", "phrases", &table.deny.phrases)?;
+
+        let erase_group = verbs.word("delete").copied();
+        let exec_group = verbs.word("exec").copied();
+        Ok(Self {
+            verb_groups,
+            noun_groups,
+            erase_group,
+            exec_group,
+            verbs,
+            nouns,
+            soft,
+            path_soft,
+            file_extensions: raw_set(&table.paths.file_extensions),
+            id_aliases: raw_set(&table.paths.id_aliases),
+            body,
+            shell,
+            shell_tools,
+            description_phrases,
+            deny,
+            known,
+        })
+    }
+
+    /// Whether `word` (lower case) is a word of the table, singular or
+    /// plural.
+    pub(super) fn is_known(&self, word: &str) -> bool {
+        self.known.contains(word)
+            || singulars(word).iter().flatten().any(|s| self.known.contains(&**s))
+    }
+
+    /// The verb group a single word belongs to.
+    pub(super) fn verb_of(&self, word: &str) -> Option<usize> {
+        self.verbs.word(word).copied()
+    }
+}
+
+fn compile_body(
+    b: &BodyRules,
+    known: &mut HashSet<Box<str>>,
+) -> Result<BodyLexicon, RuleTableError> {
+    let mut set = |field: &str, words: &[String]| set(known, "body", field, words);
+    Ok(BodyLexicon {
+        verb_keys: set("verb_keys", &b.verb_keys)?,
+        sql_keys: set("sql_keys", &b.sql_keys)?,
+        command_keys: set("command_keys", &b.command_keys)?,
+        url_keys: set("url_keys", &b.url_keys)?,
+        data_keys: set("data_keys", &b.data_keys)?,
+        dry_run_keys: set("dry_run_keys", &b.dry_run_keys)?,
+        state_flags: set("state_flags", &b.state_flags)?,
+        protections: set("protections", &b.protections)?,
+        exposure_keys: set("exposure_keys", &b.exposure_keys)?,
+        public_values: set("public_values", &b.public_values)?,
+        public_flags: set("public_flags", &b.public_flags)?,
+        private_flags: set("private_flags", &b.private_flags)?,
+        access_keys: set("access_keys", &b.access_keys)?,
+        branch_keys: set("branch_keys", &b.branch_keys)?,
+        protected_branches: set("protected_branches", &b.protected_branches)?,
+        branch_write_verbs: set("branch_write_verbs", &b.branch_write_verbs)?,
+        destination_keys: set("destination_keys", &b.destination_keys)?,
+        export_verbs: set("export_verbs", &b.export_verbs)?,
+        scale_keys: set("scale_keys", &b.scale_keys)?,
+        overwrite_operators: raw_set(&b.overwrite_operators),
+        selector_keys: set("selector_keys", &b.selector_keys)?,
+        bulk_words: set("bulk_words", &b.bulk_words)?,
+        update_verbs: set("update_verbs", &b.update_verbs)?,
+        create_verbs: set("create_verbs", &b.create_verbs)?,
+        search_verbs: set("search_verbs", &b.search_verbs)?,
+    })
+}
+
+fn compile_shell(s: &ShellRules) -> Result<ShellLexicon, RuleTableError> {
+    let mut short_flags = HashMap::default();
+    for (program, flags) in &s.short_flags {
+        let mut letters = Vec::new();
+        for flag in flags {
+            let bad = || RuleTableError::BadShortFlag {
+                key: format!("shell.short_flags.{program}"),
+                flag: flag.clone(),
+            };
+            let (letter, word) = flag.split_once('=').ok_or_else(bad)?;
+            let mut chars = letter.chars();
+            let (Some(letter), None) = (chars.next(), chars.next()) else {
+                return Err(bad());
+            };
+            if word.trim().is_empty() {
+                return Err(bad());
+            }
+            letters.push((letter, Box::from(word.trim().to_lowercase())));
+        }
+        short_flags.insert(Box::from(program.to_lowercase()), letters);
+    }
+    Ok(ShellLexicon {
+        read_programs: raw_set(&s.read_programs),
+        write_programs: raw_set(&s.write_programs),
+        subcommand_programs: raw_set(&s.subcommand_programs),
+        opaque_subcommands: raw_set(&s.opaque_subcommands),
+        sql_programs: raw_set(&s.sql_programs),
+        request_programs: raw_set(&s.request_programs),
+        wrappers: raw_set(&s.wrappers),
+        short_flags,
+    })
+}
+
+/// A word of the table as tokens, or why it is unusable.
+fn phrase(key: &str, field: &str, word: &str) -> Result<Vec<String>, RuleTableError> {
+    let tokens = text::normal_tokens(word);
+    if tokens.is_empty() {
+        return Err(RuleTableError::EmptyWord {
+            key: format!("{key}.{field}"),
+            word: word.to_owned(),
+        });
+    }
+    if tokens.len() > MAX_PHRASE_WORDS {
+        return Err(RuleTableError::LongPhrase {
+            key: format!("{key}.{field}"),
+            word: word.to_owned(),
+        });
+    }
+    Ok(tokens)
+}
+
+fn set(
+    known: &mut HashSet<Box<str>>,
+    key: &str,
+    field: &str,
+    words: &[String],
+) -> Result<PhraseMap<()>, RuleTableError> {
+    let mut map = PhraseMap::default();
+    for word in words {
+        let phrase = phrase(key, field, word)?;
+        remember(known, &phrase);
+        map.insert(phrase, ());
+    }
+    Ok(map)
+}
+
+fn raw_set(words: &[String]) -> HashSet<Box<str>> {
+    words.iter().map(|w| Box::from(w.trim().to_lowercase())).collect()
+}
+
+fn remember(known: &mut HashSet<Box<str>>, phrase: &[String]) {
+    for word in phrase {
+        known.insert(Box::from(word.as_str()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Phrase lookup.
+
+/// The words of a phrase after its first, and the phrase's value.
+type Tail<V> = (Box<[Box<str>]>, V);
+
+/// Words and phrases with a value, indexed by their first word.
+#[derive(Debug)]
+pub(super) struct PhraseMap<V> {
+    /// First word → the phrases it starts, longest first.
+    entries: HashMap<Box<str>, Vec<Tail<V>>>,
+}
+
+impl<V> Default for PhraseMap<V> {
+    fn default() -> Self {
+        Self { entries: HashMap::default() }
+    }
+}
+
+/// A phrase found in a list of tokens.
+#[derive(Debug)]
+pub(super) struct Found<'m, V> {
+    pub(super) value: &'m V,
+    pub(super) start: usize,
+    pub(super) len: usize,
+}
+
+impl<V> Clone for Found<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<V> Copy for Found<'_, V> {}
+
+impl<V> PhraseMap<V> {
+    fn insert(&mut self, phrase: Vec<String>, value: V) {
+        let mut words = phrase.into_iter().map(|w| w.into_boxed_str());
+        let Some(first) = words.next() else { return };
+        let rest: Box<[Box<str>]> = words.collect();
+        let list = self.entries.entry(first).or_default();
+        if let Some(slot) = list.iter_mut().find(|(r, _)| *r == rest) {
+            slot.1 = value;
+        } else {
+            list.push((rest, value));
+            list.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
+        }
+    }
+
+    fn insert_with(&mut self, phrase: Vec<String>, update: impl FnOnce(&mut V))
+    where
+        V: Default,
+    {
+        let mut words = phrase.into_iter().map(|w| w.into_boxed_str());
+        let Some(first) = words.next() else { return };
+        let rest: Box<[Box<str>]> = words.collect();
+        let list = self.entries.entry(first).or_default();
+        if let Some(slot) = list.iter_mut().find(|(r, _)| *r == rest) {
+            update(&mut slot.1);
+        } else {
+            let mut value = V::default();
+            update(&mut value);
+            list.push((rest, value));
+            list.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
+        }
+    }
+
+    /// The value of a one-word entry, matched as written.
+    pub(super) fn word(&self, word: &str) -> Option<&V> {
+        self.entries.get(word)?.iter().find(|(rest, _)| rest.is_empty()).map(|(_, v)| v)
+    }
+
+    /// The longest phrase that starts at `tokens[at]`. With `plural`, the
+    /// phrase's last word also matches its plural.
+    pub(super) fn at<S: AsRef<str>>(
+        &self,
+        tokens: &[S],
+        at: usize,
+        plural: bool,
+    ) -> Option<Found<'_, V>> {
+        let first = tokens.get(at)?.as_ref();
+        let following = tokens.get(at + 1..).unwrap_or(&[]);
+        let singular = if plural { singulars(first) } else { [None, None, None] };
+        let keys = std::iter::once((first, true))
+            .chain(singular.iter().flatten().map(|s| (s.as_ref(), false)));
+
+        let mut best: Option<Found<'_, V>> = None;
+        for (key, exact) in keys {
+            let Some(list) = self.entries.get(key) else { continue };
+            for (rest, value) in list {
+                let fits = if rest.is_empty() {
+                    exact || plural
+                } else {
+                    exact && rest_matches(rest, following, plural)
+                };
+                let len = rest.len() + 1;
+                if fits && best.is_none_or(|b| b.len < len) {
+                    best = Some(Found { value, start: at, len });
+                }
+            }
+        }
+        best
+    }
+
+    /// The first phrase found anywhere in `tokens`.
+    pub(super) fn find<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> Option<Found<'_, V>> {
+        (0..tokens.len()).find_map(|i| self.at(tokens, i, plural))
+    }
+
+    /// The phrase that ends `tokens`, longest first.
+    pub(super) fn suffix<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> Option<Found<'_, V>> {
+        let n = tokens.len();
+        (1..=n.min(MAX_PHRASE_WORDS))
+            .rev()
+            .find_map(|len| self.at(tokens, n - len, plural).filter(|f| f.len == len))
+    }
+
+    /// Whether `tokens` is exactly one phrase of the map.
+    pub(super) fn whole<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> bool {
+        !tokens.is_empty() && self.at(tokens, 0, plural).is_some_and(|f| f.len == tokens.len())
+    }
+}
+
+fn rest_matches<S: AsRef<str>>(rest: &[Box<str>], tokens: &[S], plural: bool) -> bool {
+    if tokens.len() < rest.len() {
+        return false;
+    }
+    rest.iter().zip(tokens).enumerate().all(|(i, (want, got))| {
+        let got = got.as_ref();
+        if **want == *got {
+            return true;
+        }
+        plural && i + 1 == rest.len() && singulars(got).iter().flatten().any(|s| **want == **s)
+    })
+}
+
+/// The singular forms a plural English noun may have: `policies` gives
+/// `policy`, `caches` gives `cach` and `cache`, `keys` gives `key`.
+pub(super) fn singulars(word: &str) -> [Option<Cow<'_, str>>; 3] {
+    let mut out = [None, None, None];
+    if word.len() < 3 || !word.ends_with('s') || word.ends_with("ss") {
+        return out;
+    }
+    if let Some(stem) = word.strip_suffix("ies") {
+        out[0] = Some(Cow::Owned(format!("{stem}y")));
+    }
+    if let Some(stem) = word.strip_suffix("es") {
+        out[1] = Some(Cow::Borrowed(stem));
+    }
+    out[2] = word.strip_suffix('s').map(Cow::Borrowed);
+    out
+}

@@ -1,0 +1,369 @@
+//! Cutting request text into the words the rule table speaks: path segments,
+//! query pairs, camelCase, snake_case and kebab-case names.
+//!
+//! SECURITY: a hostile agent will spell `delete` as `%64elete`, `DeLeTe`,
+//! `de\u{200b}lete` or hide it in `/search/../delete`. Paths are
+//! percent-decoded until stable (at most three rounds), dot segments are
+//! resolved the way a server resolves them, invisible format characters are
+//! dropped, and a mixed-case run that is a known word is kept whole rather
+//! than cut at its humps.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
+
+use super::rules::Lexicon;
+
+/// Rounds of percent-decoding applied to a path or query.
+const DECODE_ROUNDS: usize = 3;
+
+/// Longest text cut into words; the rest is ignored.
+const MAX_TEXT: usize = 4096;
+
+/// Lower-case words of a rule-table entry: `writeOff`, `write_off` and
+/// `write off` all give `["write", "off"]`.
+pub(super) fn normal_tokens(word: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for run in word.split(|c: char| !c.is_alphanumeric()).filter(|r| !r.is_empty()) {
+        camel_pieces(run, &mut out);
+    }
+    out
+}
+
+/// A rule-table entry as one comparable string.
+pub(super) fn normal_form(word: &str) -> String {
+    normal_tokens(word).join(" ")
+}
+
+/// The words of `text`, appended to `out`. Returns whether a word mixed
+/// ASCII letters with other scripts, as look-alike spellings do.
+pub(super) fn words_into(text: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
+    let text = bounded(text);
+    let mut mixed = false;
+    let mut run = String::new();
+    for c in text.chars() {
+        if is_invisible(c) {
+            continue;
+        }
+        if c.is_alphanumeric() {
+            run.push(c);
+        } else if !run.is_empty() {
+            mixed |= flush(&run, lex, out);
+            run.clear();
+        }
+    }
+    if !run.is_empty() {
+        mixed |= flush(&run, lex, out);
+    }
+    mixed
+}
+
+/// The words of `text` as a new list.
+pub(super) fn words(text: &str, lex: &Lexicon) -> Vec<String> {
+    let mut out = Vec::new();
+    words_into(text, lex, &mut out);
+    out
+}
+
+fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Format characters that render as nothing and only serve to split a word.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+fn flush(run: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
+    let mixed = !run.is_ascii() && run.chars().any(|c| c.is_ascii_alphabetic());
+    let lower = run.to_lowercase();
+    if !has_humps(run) || lex.is_known(&lower) {
+        push_compound(lower, lex, out);
+    } else {
+        let start = out.len();
+        camel_pieces(run, out);
+        // Cut compounds inside the pieces too: `requestDeleterange`.
+        let pieces: Vec<String> = out.drain(start..).collect();
+        for piece in pieces {
+            push_compound(piece, lex, out);
+        }
+    }
+    mixed
+}
+
+/// Whether a run changes case inside: `deleteRepo`, `HTTPServer`.
+fn has_humps(run: &str) -> bool {
+    let mut prev_lower = false;
+    for c in run.chars() {
+        if c.is_uppercase() && prev_lower {
+            return true;
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+    }
+    false
+}
+
+/// Lower-case pieces of a run cut at camelCase humps: `deleteRepository`
+/// gives `delete`, `repository`; `HTTPServer` gives `http`, `server`.
+fn camel_pieces(run: &str, out: &mut Vec<String>) {
+    let chars: Vec<char> = run.chars().collect();
+    let mut piece = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).and_then(|j| chars.get(j)).copied();
+        let next = chars.get(i + 1).copied();
+        let boundary = match prev {
+            Some(p) if c.is_uppercase() => {
+                p.is_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_uppercase() && next.is_some_and(char::is_lowercase))
+            }
+            _ => false,
+        };
+        if boundary && !piece.is_empty() {
+            out.push(std::mem::take(&mut piece));
+        }
+        piece.extend(c.to_lowercase());
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+}
+
+/// Pushes `word`, cut in two when it is a verb glued to a known word, as in
+/// etcd's `deleterange` or `purgeall`.
+fn push_compound(word: String, lex: &Lexicon, out: &mut Vec<String>) {
+    const MIN_PART: usize = 3;
+    if word.len() >= 2 * MIN_PART && word.is_ascii() && !lex.is_known(&word) {
+        for cut in (MIN_PART..=word.len() - MIN_PART).rev() {
+            let (head, tail) = word.split_at(cut);
+            if lex.verb_of(head).is_some() && lex.is_known(tail) {
+                out.push(head.to_owned());
+                out.push(tail.to_owned());
+                return;
+            }
+        }
+    }
+    out.push(word);
+}
+
+/// Percent-decodes until the text stops changing.
+pub(super) fn decode(text: &str) -> Cow<'_, str> {
+    let mut current: Cow<'_, str> = Cow::Borrowed(text);
+    for _ in 0..DECODE_ROUNDS {
+        if !current.contains('%') {
+            break;
+        }
+        let next = percent_decode_str(&current).decode_utf8_lossy().into_owned();
+        if next == *current {
+            break;
+        }
+        current = Cow::Owned(next);
+    }
+    current
+}
+
+// ---------------------------------------------------------------------------
+// Paths.
+
+/// What a path segment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SegmentKind {
+    /// Words that name a resource or an action.
+    Literal,
+    /// An identifier, a file name or other data.
+    Id,
+    /// An API version such as `v1`.
+    Version,
+}
+
+/// One segment of a path.
+#[derive(Clone, Debug)]
+pub(super) struct Segment {
+    pub(super) kind: SegmentKind,
+    /// Words, for literal segments.
+    pub(super) tokens: Vec<String>,
+}
+
+/// A path cut into segments. Custom methods (`/instances/x:stop`), matrix
+/// parameters and dotted method names (`/api/chat.delete`) become segments
+/// of their own.
+#[derive(Clone, Debug, Default)]
+pub(super) struct PathView {
+    pub(super) segments: Vec<Segment>,
+    /// A word mixed scripts, as look-alike spellings do.
+    pub(super) mixed_script: bool,
+}
+
+impl PathView {
+    /// Reads a path (without query).
+    pub(super) fn parse(path: &str, lex: &Lexicon) -> Self {
+        let decoded = decode(path);
+        let mut raw: Vec<&str> = Vec::new();
+        for segment in decoded.split(['/', '\\']) {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    raw.pop();
+                }
+                s => raw.push(s),
+            }
+        }
+
+        let mut view = PathView::default();
+        for segment in raw {
+            for part in segment.split([':', ';']).filter(|p| !p.is_empty()) {
+                view.push_part(part, lex, true);
+            }
+        }
+        view
+    }
+
+    fn push_part(&mut self, part: &str, lex: &Lexicon, split_dots: bool) {
+        let lower = part.to_lowercase();
+        let kind = if lex.id_aliases.contains(lower.as_str()) || is_file_like(&lower, lex) {
+            SegmentKind::Id
+        } else if is_version(&lower) {
+            SegmentKind::Version
+        } else if is_id_like(part) {
+            SegmentKind::Id
+        } else if split_dots && part.contains('.') {
+            for piece in part.split('.').filter(|p| !p.is_empty()) {
+                self.push_part(piece, lex, false);
+            }
+            return;
+        } else {
+            SegmentKind::Literal
+        };
+
+        let mut tokens = Vec::new();
+        if kind == SegmentKind::Literal {
+            self.mixed_script |= words_into(part, lex, &mut tokens);
+            if tokens.is_empty() {
+                return;
+            }
+        }
+        self.segments.push(Segment { kind, tokens });
+    }
+
+    /// The last segment, when it is literal.
+    pub(super) fn final_literal(&self) -> Option<(usize, &Segment)> {
+        let last = self.segments.len().checked_sub(1)?;
+        let seg = self.segments.get(last)?;
+        (seg.kind == SegmentKind::Literal).then_some((last, seg))
+    }
+
+    /// Literal segments, with their index.
+    pub(super) fn literals(&self) -> impl Iterator<Item = (usize, &Segment)> {
+        self.segments.iter().enumerate().filter(|(_, s)| s.kind == SegmentKind::Literal)
+    }
+
+    /// Words of up to `count` literal segments before `index`, nearest
+    /// first: the resource an action segment acts on.
+    pub(super) fn objects_before(&self, index: usize, count: usize, out: &mut Vec<String>) {
+        let before = self.segments.get(..index).unwrap_or(&[]);
+        for seg in before.iter().rev().filter(|s| s.kind == SegmentKind::Literal).take(count) {
+            out.extend(seg.tokens.iter().cloned());
+        }
+    }
+
+    /// Whether the segment at `index` is an identifier.
+    pub(super) fn is_id(&self, index: usize) -> bool {
+        self.segments.get(index).is_some_and(|s| s.kind == SegmentKind::Id)
+    }
+}
+
+/// `ci.yml`, `delete_all_branches.sh`: a file, which is data.
+fn is_file_like(lower: &str, lex: &Lexicon) -> bool {
+    match lower.rsplit_once('.') {
+        Some((stem, ext)) => !stem.is_empty() && lex.file_extensions.contains(ext),
+        None => false,
+    }
+}
+
+/// `v1`, `v2beta1`, `v1alpha`.
+fn is_version(lower: &str) -> bool {
+    let Some(rest) = lower.strip_prefix('v') else { return false };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 {
+        return false;
+    }
+    let tail = &rest[digits..];
+    let letters = tail.chars().take_while(char::is_ascii_lowercase).count();
+    tail[letters..].chars().all(|c| c.is_ascii_digit())
+}
+
+/// Numbers, hashes, prefixed ids (`cus_NffrFeUfNV2Hib`), emails, digests.
+fn is_id_like(part: &str) -> bool {
+    let digits = part.chars().filter(char::is_ascii_digit).count();
+    let len = part.chars().count();
+    digits == len
+        || part.contains('@')
+        || digits >= 2
+        || (digits == 1 && len >= 8)
+        || (len >= 24 && part.chars().all(char::is_alphanumeric))
+}
+
+// ---------------------------------------------------------------------------
+// Queries.
+
+/// Query pairs, decoded.
+pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    form_pairs(bounded(query)).collect()
+}
+
+/// Pairs of a query string or form body (`a=1&b=x+y`), decoded.
+pub(super) fn form_pairs(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    text.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(&key.replace('+', " ")).into_owned(), decode(&value.replace('+', " ")).into_owned())
+    })
+}
+
+/// Whether a query or form value means "yes".
+pub(super) fn truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "y" | "on" | "all" | "force" | "server" | "client"
+    )
+}
+
+/// Whether a string value means "off".
+pub(super) fn falsy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "false" | "0" | "no" | "n" | "off" | "none" | "disabled" | "disable" | "never"
+    )
+}
+
+/// The upper-case HTTP method a string names, if it names one.
+pub(super) fn http_method(value: &str) -> Option<&'static str> {
+    const METHODS: &[&str] =
+        &["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "PURGE", "TRACE", "CONNECT"];
+    let value = value.trim();
+    METHODS.iter().copied().find(|m| m.eq_ignore_ascii_case(value))
+}
