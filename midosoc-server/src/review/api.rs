@@ -6,8 +6,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use midosoc_core::store::ApprovalFilter;
 use midosoc_core::{ApprovalId, ApprovalStatus, Decision, Outcome};
 use serde::Deserialize;
@@ -154,9 +155,9 @@ pub(super) async fn approve(
     reviewer: Reviewer,
     State(state): State<Shared>,
     id: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ApprovalView>, ReviewError> {
-    decide(&reviewer, &state, id, Outcome::Approve, &body).await
+    decide(&reviewer, &state, id, Outcome::Approve, &body_bytes(body)?).await
 }
 
 /// Denies a pending approval: the agent gets `403` with the reason.
@@ -193,9 +194,9 @@ pub(super) async fn deny(
     reviewer: Reviewer,
     State(state): State<Shared>,
     id: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ApprovalView>, ReviewError> {
-    decide(&reviewer, &state, id, Outcome::Deny, &body).await
+    decide(&reviewer, &state, id, Outcome::Deny, &body_bytes(body)?).await
 }
 
 /// Records `outcome` on the approval named in the path.
@@ -284,7 +285,20 @@ pub(super) async fn audit(
     Ok(Json(AuditLog { entries }))
 }
 
+/// A request body, or the problem with it: too large (`413`) or unreadable.
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ReviewError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ReviewError::BodyTooLarge,
+        _ => ReviewError::BadRequest(rejection.body_text()),
+    })
+}
+
 /// Answers a path the review listener does not serve.
 pub(super) async fn no_route() -> ReviewError {
     ReviewError::NoRoute
+}
+
+/// Answers a method a review path does not accept.
+pub(super) async fn wrong_method() -> ReviewError {
+    ReviewError::MethodNotAllowed
 }

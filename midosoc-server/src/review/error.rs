@@ -51,6 +51,12 @@ pub(crate) enum ReviewError {
     /// The body, query or a header could not be understood.
     #[error("{0}")]
     BadRequest(String),
+    /// The request body is larger than the review API reads.
+    #[error("request body is too large")]
+    BodyTooLarge,
+    /// The path does not accept this method.
+    #[error("method not allowed here")]
+    MethodNotAllowed,
     /// The review listener serves nothing at this path.
     #[error("no such resource")]
     NoRoute,
@@ -116,6 +122,12 @@ impl ReviewError {
             Self::ReasonRequired => ("reason-required", "reason required", StatusCode::BAD_REQUEST),
             Self::BadRequest(_) => ("bad-request", "bad request", StatusCode::BAD_REQUEST),
             Self::NoRoute => ("not-found", "not found", StatusCode::NOT_FOUND),
+            Self::BodyTooLarge => {
+                ("body-too-large", "request body too large", StatusCode::PAYLOAD_TOO_LARGE)
+            }
+            Self::MethodNotAllowed => {
+                ("method-not-allowed", "method not allowed", StatusCode::METHOD_NOT_ALLOWED)
+            }
             Self::TooManyStreams => {
                 ("too-many-streams", "too many event streams", StatusCode::SERVICE_UNAVAILABLE)
             }

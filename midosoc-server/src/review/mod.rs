@@ -105,6 +105,7 @@ pub(crate) fn router(state: ReviewState) -> Router {
         .merge(api)
         .merge(dashboard::routes())
         .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(session::layer(state.secure_cookies))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))

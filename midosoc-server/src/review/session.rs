@@ -30,6 +30,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -238,12 +239,12 @@ pub(super) async fn sign_in(
     session: Session,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SessionView>, ReviewError> {
     // SECURITY: no session exists yet, so the origin check alone stops a
     // foreign page from signing the browser into an account of its choice.
     check_same_origin(&headers, &uri)?;
-    let SignIn { token } = parse_json(&body)?;
+    let SignIn { token } = parse_json(&super::api::body_bytes(body)?)?;
     let account = state
         .identities
         .authenticate_analyst(token.trim())
