@@ -15,11 +15,28 @@ use crate::action::{Action, AgentId};
 use crate::approval::{Approval, ApprovalId, ApprovalStatus, Decision, Execution};
 use crate::classify::Assessment;
 
+mod audit;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_common;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
+pub use audit::{
+    AuditEntry, AuditLog, AuditReport, AuditStream, BrokenLink, ChainVerifier, GENESIS_HASH,
+    LinkProblem,
+};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql_common::{OpenError, SqlStore, StoreOptions};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// What happened to an approval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
