@@ -14,6 +14,7 @@
   const POLL_EVERY_MS = 5000;
   const RECONNECT_MS = 3000;
   const EXPIRING_MS = 2 * 60 * 1000;
+  const RENDER_DELAY_MS = 30;
 
   const state = {
     me: null,
@@ -25,6 +26,7 @@
     source: null,
     pollTimer: null,
     reconnectTimer: null,
+    renderTimer: null,
     busy: false,
   };
 
@@ -197,7 +199,7 @@
         const isNew = !state.approvals.has(event.approval.id);
         if (upsert(event.approval)) {
           if (kind === "pending" && isNew) state.fresh.add(event.approval.id);
-          render();
+          scheduleRender();
         }
       });
     }
@@ -238,6 +240,16 @@
   }
 
   // ---- Rendering: queue -------------------------------------------------
+
+  // A burst of events (a replay after reconnecting) renders once. A timer,
+  // not an animation frame, so a background tab's title still counts.
+  function scheduleRender() {
+    if (state.renderTimer) return;
+    state.renderTimer = setTimeout(() => {
+      state.renderTimer = null;
+      render();
+    }, RENDER_DELAY_MS);
+  }
 
   function render() {
     const items = visible();
