@@ -1,5 +1,7 @@
 //! The approval layer over real HTTP: an axum app on 127.0.0.1:0 wearing
 //! it, a real client playing the agent, and the store playing the analyst.
+//! The built-in heuristic classifier decides where the rules matter; a
+//! small custom one ("hold every DELETE") keeps the other tests exact.
 
 mod common;
 
@@ -9,6 +11,7 @@ use common::{
     BrokenClassifier, Harness, HoldDeletes, MARKER_RULE, RATIONALE, approve, deny, next_event,
     status_and_json,
 };
+use midosoc_core::classify::HeuristicClassifier;
 use midosoc_core::store::{EventKind, StoreError};
 use midosoc_core::{ApprovalId, ApprovalStatus, ApprovalStore, Verdict};
 use midosoc_tower::problem::ProblemKind;
@@ -24,7 +27,7 @@ fn approval_id(body: &Value) -> ApprovalId {
 
 #[tokio::test]
 async fn safe_request_passes_untouched_and_records_no_approval() {
-    let h = Harness::start(HoldDeletes, |l| l).await;
+    let h = Harness::start(HeuristicClassifier::default(), |l| l).await;
 
     let response = h
         .client
@@ -45,7 +48,7 @@ async fn safe_request_passes_untouched_and_records_no_approval() {
 
 #[tokio::test]
 async fn destructive_request_waits_for_approval_then_runs_with_a_verified_token() {
-    let h = Harness::start(HoldDeletes, |l| l).await;
+    let h = Harness::start(HeuristicClassifier::default(), |l| l).await;
     let mut events = h.events().await;
 
     let request = h
