@@ -1,0 +1,168 @@
+//! Assembles the gateway from its configuration: the shared [`AppState`]
+//! and the routers of the two listeners.
+//!
+//! The agent listener serves the proxy, the action API and the public
+//! endpoints (health, JWKS). The review listener serves the dashboard,
+//! the review API and metrics.
+//!
+//! **Invariant:** no route is on both sides except health and readiness;
+//! the agent router knows nothing of analysts and the review router
+//! nothing of agent keys.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use midosoc_core::token::LocalIssuer;
+use midosoc_core::{ApprovalStore, Classifier};
+use midosoc_tower::{HumanApproval, HumanApprovalLayer};
+use tower::Layer;
+
+use crate::config::Config;
+use crate::identity::Identities;
+use crate::proxy::{Forwarder, Proxy, Upstream};
+use crate::routes::agent::{self, ActionEcho};
+use crate::routes::ops;
+use crate::{framing, keys};
+
+/// Largest `/v1/authorize` request body: the described body plus room for
+/// the description around it.
+const DESCRIPTION_OVERHEAD: usize = 16 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// Agents and analysts.
+    pub(crate) identities: Identities,
+    /// Approvals.
+    pub(crate) store: Arc<dyn ApprovalStore>,
+    /// The built-in token issuer, for its JWKS.
+    pub(crate) issuer: Arc<LocalIssuer>,
+    /// The upstreams, each behind its approval layer.
+    pub(crate) proxy: Proxy,
+    /// The approval layer around the action API's token echo.
+    pub(crate) authorize: HumanApproval<ActionEcho>,
+    /// Where metrics are rendered from, when a recorder is installed.
+    pub(crate) metrics: Option<PrometheusHandle>,
+    /// Largest `/v1/authorize` body.
+    pub(crate) json_limit: usize,
+    /// `Retry-After` for pending approvals, in seconds.
+    pub(crate) retry_after_secs: u64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("proxy", &self.proxy)
+            .field("json_limit", &self.json_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts the state is built from, opened by [`open`].
+pub(crate) struct Parts {
+    /// Agents and analysts.
+    pub(crate) identities: Identities,
+    /// Approvals.
+    pub(crate) store: Arc<dyn ApprovalStore>,
+    /// The classifier.
+    pub(crate) classifier: Arc<dyn Classifier>,
+    /// The token issuer.
+    pub(crate) issuer: Arc<LocalIssuer>,
+}
+
+/// Opens the identity database, the store, the classifier and the issuer
+/// named by `config`; `agent_url` is the issuer's default `iss`.
+pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Parts> {
+    let identities = Identities::open(&config.data_dir).await?;
+    let store: Arc<dyn ApprovalStore> = Arc::new(midosoc_core::store::MemoryStore::new());
+    let classifier: Arc<dyn Classifier> =
+        Arc::new(midosoc_core::classify::HeuristicClassifier::default());
+    let issuer_name = config.issuer.issuer.clone().unwrap_or_else(|| agent_url.to_owned());
+    let issuer = keys::load_or_create(&config.data_dir, &issuer_name, &config.issuer.audience)?
+        .with_lifetime(config.issuer.token_ttl);
+    Ok(Parts { identities, store, classifier, issuer: Arc::new(issuer) })
+}
+
+/// Builds the shared state: one approval layer per upstream and one for
+/// the action API, all over the same store.
+pub(crate) fn state(
+    config: &Config,
+    agent_url: &str,
+    parts: Parts,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<AppState> {
+    let Parts { identities, store, classifier, issuer } = parts;
+    let layer = |audience: Option<&str>, mint_read_tokens: bool| {
+        let approval = &config.approval;
+        let mut layer = HumanApprovalLayer::new(classifier.clone(), store.clone(), issuer.clone())
+            .body_limit(approval.body_limit)
+            .wait_timeout(approval.wait_timeout)
+            .max_wait(approval.max_wait)
+            .approval_ttl(approval.ttl)
+            .retry_after(approval.retry_after)
+            .status_url(format!("{agent_url}/v1/approvals/{{id}}"))
+            .mint_read_tokens(mint_read_tokens);
+        if let Some(audience) = audience {
+            layer = layer.audience(audience);
+        }
+        layer
+    };
+
+    let mut routes = Vec::new();
+    for (index, up) in config.upstream.iter().enumerate() {
+        let upstream = Arc::new(Upstream::from_config(up, index)?);
+        let forwarder = Forwarder::new(upstream.clone(), up.connect_timeout);
+        let service = layer(up.audience.as_deref(), up.mint_tokens).layer(forwarder);
+        routes.push((upstream, service));
+    }
+    let authorize = layer(None, true).layer(ActionEcho::new(store.clone()));
+
+    Ok(AppState {
+        identities,
+        store,
+        issuer,
+        proxy: Proxy::new(routes),
+        authorize,
+        metrics,
+        json_limit: config.approval.body_limit.saturating_add(DESCRIPTION_OVERHEAD),
+        retry_after_secs: config.approval.retry_after.as_secs().max(1),
+    })
+}
+
+/// The agent listener's router.
+pub(crate) fn agent_router(state: AppState) -> Router {
+    // Everything here needs an agent key; the public routes below are
+    // matched first.
+    let protected = Router::new()
+        .route("/v1/authorize", post(agent::authorize))
+        .route("/v1/approvals/{id}", get(agent::approval_status))
+        .fallback(agent::proxy)
+        .layer(middleware::from_fn_with_state(state.clone(), agent::authenticate))
+        .with_state(state.clone());
+
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/.well-known/jwks.json", get(ops::jwks))
+        .with_state(state)
+        .fallback_service(protected)
+        .layer(middleware::from_fn(framing::reject_ambiguous))
+}
+
+/// The review listener's router.
+pub(crate) fn review_router(state: AppState, secure_cookies: bool) -> Router {
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .with_state(state.clone());
+    let review = crate::review::router(crate::review::ReviewState {
+        store: state.store.clone(),
+        identities: state.identities.clone(),
+        secure_cookies,
+    });
+    ops.merge(review)
+}

@@ -1,0 +1,132 @@
+//! The administrative subcommands: agents, analysts and configuration.
+//!
+//! Secrets are printed once, to standard output, and nowhere else.
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use crate::config::{Config, EXAMPLE};
+use crate::identity::{Identities, Role};
+
+/// `midosoc agent ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Create an agent and print its key (shown once).
+    Add {
+        /// Letters, digits, `.`, `_` or `-`.
+        name: String,
+    },
+    /// List agents.
+    List,
+    /// Remove an agent; its key stops working at once.
+    Remove {
+        /// The agent's name.
+        name: String,
+    },
+}
+
+/// `midosoc analyst ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AnalystCommand {
+    /// Create an analyst and print their sign-in token (shown once).
+    Add {
+        /// Letters, digits, `.`, `_` or `-`.
+        name: String,
+        /// What the analyst may do.
+        #[arg(long, value_parser = ["viewer", "approver", "admin"])]
+        role: String,
+    },
+    /// List analysts.
+    List,
+    /// Remove an analyst; their token stops working at once.
+    Remove {
+        /// The analyst's name.
+        name: String,
+    },
+}
+
+/// `midosoc config ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print a commented example configuration with every key.
+    Example,
+    /// Check a configuration (file and `MIDOSOC_*` variables) and exit.
+    Check,
+}
+
+/// Runs `midosoc agent ...`.
+pub(crate) async fn agent(config: Option<&Path>, command: AgentCommand) -> anyhow::Result<()> {
+    let identities = open(config).await?;
+    match command {
+        AgentCommand::Add { name } => {
+            let key = identities.add_agent(&name).await?;
+            println!("agent `{name}` created. Its key, shown only once:");
+            println!("{key}");
+            println!("The agent sends it as `Authorization: Bearer <key>`.");
+        }
+        AgentCommand::List => {
+            for agent in identities.list_agents().await? {
+                println!("{}\t{}", agent.name, agent.created_at);
+            }
+        }
+        AgentCommand::Remove { name } => {
+            remove(identities.remove_agent(&name).await?, "agent", &name)?
+        }
+    }
+    Ok(())
+}
+
+/// Runs `midosoc analyst ...`.
+pub(crate) async fn analyst(config: Option<&Path>, command: AnalystCommand) -> anyhow::Result<()> {
+    let identities = open(config).await?;
+    match command {
+        AnalystCommand::Add { name, role } => {
+            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+            let token = identities.add_analyst(&name, role).await?;
+            println!("analyst `{name}` ({role}) created. Sign-in token, shown only once:");
+            println!("{token}");
+        }
+        AnalystCommand::List => {
+            for analyst in identities.list_analysts().await? {
+                println!("{}\t{}", analyst.name, analyst.role);
+            }
+        }
+        AnalystCommand::Remove { name } => {
+            remove(identities.remove_analyst(&name).await?, "analyst", &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `midosoc config ...`.
+pub(crate) fn config(file: Option<&Path>, command: ConfigCommand) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Example => print!("{EXAMPLE}"),
+        ConfigCommand::Check => {
+            let config = Config::load(file)?;
+            let source = file.map_or("defaults".to_owned(), |f| format!("`{}`", f.display()));
+            println!(
+                "configuration {source} is valid: agents on {}, dashboard on {}, {} upstream(s)",
+                config.agent.listen,
+                config.review.listen,
+                config.upstream.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn open(config: Option<&Path>) -> anyhow::Result<Identities> {
+    let config = Config::load(config)?;
+    Ok(Identities::open(&config.data_dir).await?)
+}
+
+fn remove(removed: bool, kind: &str, name: &str) -> anyhow::Result<()> {
+    if removed {
+        println!("{kind} `{name}` removed");
+        Ok(())
+    } else {
+        anyhow::bail!("no {kind} named `{name}`")
+    }
+}

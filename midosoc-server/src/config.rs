@@ -1,0 +1,728 @@
+//! The gateway's configuration: one TOML file, overridable key by key with
+//! `MIDOSOC_*` environment variables, checked once at start-up.
+//!
+//! Every key has a default, so `midosoc serve` runs with no file at all.
+//! `midosoc.example.toml` (printed by `midosoc config example`) is the one
+//! commented list of keys; a test keeps it parsing and equal to the
+//! defaults. Unknown keys are errors: a misspelt key must not silently fall
+//! back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The commented example configuration, with every key at its default.
+pub(crate) const EXAMPLE: &str = include_str!("../midosoc.example.toml");
+
+/// Prefix of the environment variables that override keys.
+const ENV_PREFIX: &str = "MIDOSOC_";
+
+/// Separator between the parts of a key in an environment variable, as in
+/// `MIDOSOC_AGENT__LISTEN` for `agent.listen`.
+const ENV_SPLIT: &str = "__";
+
+/// Top-level keys an environment variable may set. Other `MIDOSOC_*`
+/// variables (such as those the test suites read) are not configuration.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "agent",
+    "review",
+    "approval",
+    "store",
+    "classifier",
+    "issuer",
+    "log",
+    "shutdown",
+    "upstream",
+];
+
+/// Why the configuration cannot be used. Each message names the key and
+/// says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file does not exist.
+    #[error("config file `{0}` not found; create it with `midosoc config example > {0}`")]
+    Missing(PathBuf),
+    /// A key is unknown, has the wrong type, or the file is not TOML.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key has a value the gateway cannot use.
+    #[error("invalid value for `{key}`: {problem}")]
+    Invalid {
+        /// The key, dotted.
+        key: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid { key: key.into(), problem: problem.into() }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// Where identities, the signing key and approvals are kept.
+    pub(crate) data_dir: PathBuf,
+    /// The listener agents talk to.
+    pub(crate) agent: AgentConfig,
+    /// The listener analysts talk to.
+    pub(crate) review: ReviewConfig,
+    /// How held requests wait.
+    pub(crate) approval: ApprovalConfig,
+    /// Where approvals are kept.
+    pub(crate) store: StoreConfig,
+    /// How requests are assessed.
+    pub(crate) classifier: ClassifierConfig,
+    /// How tokens for approved actions are minted.
+    pub(crate) issuer: IssuerConfig,
+    /// How the gateway logs.
+    pub(crate) log: LogConfig,
+    /// How the gateway stops.
+    pub(crate) shutdown: ShutdownConfig,
+    /// The APIs behind the gateway, by path prefix.
+    pub(crate) upstream: Vec<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./midosoc-data"),
+            agent: AgentConfig::default(),
+            review: ReviewConfig::default(),
+            approval: ApprovalConfig::default(),
+            store: StoreConfig::default(),
+            classifier: ClassifierConfig::default(),
+            issuer: IssuerConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+/// `[agent]`: the agent listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AgentConfig {
+    /// Address to listen on.
+    pub(crate) listen: SocketAddr,
+    /// The URL agents use to reach this listener, when it differs from
+    /// `http://{listen}` (behind a load balancer, for instance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) public_url: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), public_url: None }
+    }
+}
+
+/// `[review]`: the review listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ReviewConfig {
+    /// Address to listen on.
+    pub(crate) listen: SocketAddr,
+    /// The URL analysts use to reach the dashboard, when it differs from
+    /// `http://{listen}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) public_url: Option<String>,
+    /// Whether session cookies carry `Secure`. Unset: on, unless the
+    /// listener is on a loopback address and `public_url` is not https.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) secure_cookies: Option<bool>,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            public_url: None,
+            secure_cookies: None,
+        }
+    }
+}
+
+/// `[approval]`: how held requests wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ApprovalConfig {
+    /// Largest request body read for assessment, in bytes.
+    pub(crate) body_limit: usize,
+    /// How long a held request waits before `202 Accepted`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) wait_timeout: Duration,
+    /// The longest wait an agent may ask for with `Prefer: wait=N`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) max_wait: Duration,
+    /// How long an approval may stay pending before it expires.
+    #[serde(with = "humantime_serde")]
+    pub(crate) ttl: Duration,
+    /// `Retry-After` sent with `202 Accepted` and `503`.
+    #[serde(with = "humantime_serde")]
+    pub(crate) retry_after: Duration,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 1024 * 1024,
+            wait_timeout: Duration::from_secs(5 * 60),
+            max_wait: Duration::from_secs(15 * 60),
+            ttl: Duration::from_secs(60 * 60),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[store]`: where approvals are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StoreConfig {
+    /// `memory` for now.
+    pub(crate) url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: "memory".to_owned() }
+    }
+}
+
+/// `[classifier]`: how requests are assessed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ClassifierConfig {
+    /// `heuristic` for now.
+    pub(crate) kind: String,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self { kind: "heuristic".to_owned() }
+    }
+}
+
+/// `[issuer]`: how tokens are minted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct IssuerConfig {
+    /// `local`: the built-in Ed25519 issuer.
+    pub(crate) kind: String,
+    /// The `iss` claim; unset means the agent listener's public URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
+    /// The default `aud` claim.
+    pub(crate) audience: String,
+    /// How long a minted token is valid.
+    #[serde(with = "humantime_serde")]
+    pub(crate) token_ttl: Duration,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            kind: "local".to_owned(),
+            issuer: None,
+            audience: "midosoc".to_owned(),
+            token_ttl: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `[log]`: how the gateway logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// `human` or `json`.
+    pub(crate) format: LogFormat,
+    /// A `tracing` filter, such as `info` or `midosoc=debug,info`.
+    pub(crate) filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info".to_owned() }
+    }
+}
+
+/// `[shutdown]`: how the gateway stops.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ShutdownConfig {
+    /// How long requests in flight may take to finish after a signal.
+    #[serde(with = "humantime_serde")]
+    pub(crate) grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(10) }
+    }
+}
+
+/// `[[upstream]]`: one API behind the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamConfig {
+    /// A short name used in logs, metrics and error messages.
+    pub(crate) name: String,
+    /// Requests whose path starts with this prefix go to this upstream,
+    /// with the prefix replaced by the path of `url`.
+    pub(crate) prefix: String,
+    /// Where to send them: `http://host:port/base/`.
+    pub(crate) url: String,
+    /// How long connecting may take.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub(crate) connect_timeout: Duration,
+    /// How long the upstream may take to send its response head.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub(crate) timeout: Duration,
+    /// Whether every forwarded request carries a minted Midosoc token in
+    /// `Authorization`.
+    #[serde(default)]
+    pub(crate) mint_tokens: bool,
+    /// The audience of tokens minted for this upstream; `issuer.audience`
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) audience: Option<String>,
+    /// A credential the gateway adds to every forwarded request, so the
+    /// agent never holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) credential: Option<CredentialConfig>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[upstream.credential]`: a header the gateway adds upstream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CredentialConfig {
+    /// The header, such as `x-api-key`.
+    pub(crate) header: String,
+    /// Where its value comes from.
+    pub(crate) value: SecretSource,
+}
+
+/// Where a secret comes from: exactly one of `env` or `file`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretSource {
+    /// An environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) env: Option<String>,
+    /// A file holding the secret (trailing newlines are trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) file: Option<PathBuf>,
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretSource").field("env", &self.env).field("file", &self.file).finish()
+    }
+}
+
+/// A secret read from its source. Its `Debug` never shows the value.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that must send it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret; `key` names it in errors.
+    pub(crate) fn read(&self, key: &str) -> Result<Secret, ConfigError> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                ConfigError::invalid(key, format!("environment variable `{var}` is not set"))
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(key, format!("cannot read `{}`: {e}", path.display()))
+            })?,
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "give exactly one of `env = \"VAR\"` or `file = \"/path\"`",
+                ));
+            }
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(ConfigError::invalid(key, "the secret is empty"));
+        }
+        Ok(Secret(value))
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` when given, then
+    /// `MIDOSOC_*` environment variables; then checks it.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(environment());
+        Self::extract(figment)
+    }
+
+    /// Parses a TOML document over the defaults, without the environment.
+    #[cfg(test)]
+    pub(crate) fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError::Syntax(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.agent.listen == self.review.listen && self.agent.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "review.listen",
+                "agents and analysts need separate listeners; pick another port",
+            ));
+        }
+        check_url("agent.public_url", self.agent.public_url.as_deref())?;
+        check_url("review.public_url", self.review.public_url.as_deref())?;
+        if self.approval.body_limit == 0 {
+            return Err(ConfigError::invalid("approval.body_limit", "must be at least 1 byte"));
+        }
+        if self.approval.wait_timeout > self.approval.max_wait {
+            return Err(ConfigError::invalid(
+                "approval.wait_timeout",
+                "must not exceed `approval.max_wait`",
+            ));
+        }
+        if self.approval.ttl < self.approval.max_wait {
+            return Err(ConfigError::invalid(
+                "approval.ttl",
+                "must be at least `approval.max_wait`, or approvals expire while agents wait",
+            ));
+        }
+        if self.store.url != "memory" {
+            return Err(ConfigError::invalid(
+                "store.url",
+                format!("`{}` is not supported; use `memory`", self.store.url),
+            ));
+        }
+        if self.classifier.kind != "heuristic" {
+            return Err(ConfigError::invalid(
+                "classifier.kind",
+                format!("`{}` is not supported; use `heuristic`", self.classifier.kind),
+            ));
+        }
+        if self.issuer.kind != "local" {
+            return Err(ConfigError::invalid(
+                "issuer.kind",
+                format!("`{}` is not supported; use `local`", self.issuer.kind),
+            ));
+        }
+        if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(ConfigError::invalid("log.filter", format!("not a tracing filter: {e}")));
+        }
+        self.validate_upstreams()
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        for (i, up) in self.upstream.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if up.name.is_empty()
+                || !up.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    "use letters, digits, `-` or `_`, such as `etcd`",
+                ));
+            }
+            if !up.prefix.starts_with('/') || !up.prefix.ends_with('/') || up.prefix.len() < 3 {
+                return Err(ConfigError::invalid(
+                    key("prefix"),
+                    format!("`{}` must start and end with `/`, such as `/kv/`", up.prefix),
+                ));
+            }
+            if RESERVED_PREFIXES
+                .iter()
+                .any(|r| up.prefix.starts_with(r) || r.starts_with(&*up.prefix))
+            {
+                return Err(ConfigError::invalid(
+                    key("prefix"),
+                    format!(
+                        "`{}` overlaps the gateway's own routes (`/v1/`, `/.well-known/`, `/healthz`, `/readyz`)",
+                        up.prefix
+                    ),
+                ));
+            }
+            let url: http::Uri = up.url.parse().map_err(|_| {
+                ConfigError::invalid(key("url"), format!("`{}` is not a URL", up.url))
+            })?;
+            if url.scheme_str() != Some("http") || url.authority().is_none() {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    format!("`{}` must be an http:// URL with a host", up.url),
+                ));
+            }
+            if url.query().is_some() || !url.path().ends_with('/') {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    format!("`{}` must end with `/` and have no query", up.url),
+                ));
+            }
+            if up.timeout.is_zero() || up.connect_timeout.is_zero() {
+                return Err(ConfigError::invalid(key("timeout"), "timeouts must be above zero"));
+            }
+            if let Some(credential) = &up.credential {
+                let name =
+                    http::HeaderName::try_from(credential.header.as_str()).map_err(|_| {
+                        ConfigError::invalid(key("credential.header"), "not a header name")
+                    })?;
+                if up.mint_tokens && name == http::header::AUTHORIZATION {
+                    return Err(ConfigError::invalid(
+                        key("credential.header"),
+                        "`authorization` carries the minted token when `mint_tokens` is on; \
+                         use another header",
+                    ));
+                }
+                credential.value.read(&key("credential.value"))?;
+            }
+            let duplicate =
+                self.upstream[..i].iter().find(|o| o.prefix == up.prefix || o.name == up.name);
+            if let Some(other) = duplicate {
+                return Err(ConfigError::invalid(
+                    key("prefix"),
+                    format!("upstream `{}` already uses this name or prefix", other.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether review cookies carry `Secure`: as configured, else on unless
+    /// the dashboard is plain http on a loopback address.
+    pub(crate) fn secure_cookies(&self) -> bool {
+        self.review.secure_cookies.unwrap_or_else(|| {
+            let https =
+                self.review.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+            https || !self.review.listen.ip().is_loopback()
+        })
+    }
+}
+
+/// Path prefixes the agent listener answers itself.
+const RESERVED_PREFIXES: &[&str] = &["/v1/", "/.well-known/", "/healthz", "/readyz", "/metrics"];
+
+fn check_url(key: &str, url: Option<&str>) -> Result<(), ConfigError> {
+    let Some(url) = url else { return Ok(()) };
+    let ok = url
+        .parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, format!("`{url}` must be an http:// or https:// URL")))
+    }
+}
+
+/// `MIDOSOC_*` variables whose first part is a configuration key.
+fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX).split(ENV_SPLIT).filter(|key| {
+        // Keys are still upper-case here; figment lowercases them later.
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        TOP_LEVEL_KEYS.iter().any(|known| known.eq_ignore_ascii_case(top))
+    })
+}
+
+/// One readable line for a figment error, naming the key and its origin.
+fn describe(error: &figment::Error) -> String {
+    use figment::error::Kind;
+
+    let key = error.path.join(".");
+    let origin = origin(error);
+    // The path may or may not already end with the field in question.
+    let at = |field: &str| match error.path.last() {
+        Some(last) if last == field => key.clone(),
+        _ if key.is_empty() => field.to_owned(),
+        _ => format!("{key}.{field}"),
+    };
+    let line = match &error.kind {
+        Kind::UnknownField(field, expected) => format!(
+            "unknown key `{}`{origin}; valid keys here: {}; fix the spelling or remove it",
+            at(field),
+            list(expected)
+        ),
+        Kind::UnknownVariant(value, expected) => format!(
+            "`{value}` is not a valid value for `{key}`{origin}; use one of {}",
+            list(expected)
+        ),
+        Kind::MissingField(field) => {
+            format!("missing key `{}`{origin}; add it", at(field))
+        }
+        Kind::InvalidType(actual, expected) => {
+            format!("`{key}`{origin} has the wrong type: found {actual}, expected {expected}")
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("`{key}`{origin} has an invalid value: found {actual}, expected {expected}")
+        }
+        Kind::Message(message) if key.is_empty() => format!("{message}{origin}"),
+        Kind::Message(message) => format!("invalid value for `{key}`{origin}: {message}"),
+        other => format!("invalid configuration at `{key}`{origin}: {other}"),
+    };
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// ` in file.toml` or ` from MIDOSOC_X`, for an error's message.
+fn origin(error: &figment::Error) -> String {
+    let Some(metadata) = &error.metadata else { return String::new() };
+    if let Some(figment::Source::File(path)) = &metadata.source {
+        return format!(" in `{}`", path.display());
+    }
+    if metadata.name.contains("environment") {
+        let parts: Vec<String> = error.path.iter().map(|p| p.to_ascii_uppercase()).collect();
+        return format!(" from `{ENV_PREFIX}{}`", parts.join(ENV_SPLIT));
+    }
+    String::new()
+}
+
+fn list(items: &[&str]) -> String {
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_equals_the_defaults() {
+        let example = Config::from_toml(EXAMPLE).unwrap();
+        let mut expected = Config::default();
+        expected.upstream = example.upstream.clone();
+        assert_eq!(example, expected);
+        assert_eq!(example.upstream.len(), 1);
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn misspelt_key_is_an_error_naming_the_key_and_the_valid_ones() {
+        let err = Config::from_toml("[agent]\nlisten_addr = \"127.0.0.1:9000\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown key `agent.listen_addr`"), "{text}");
+        assert!(text.contains("`listen`"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+
+        let err = Config::from_toml("dat_dir = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown key `dat_dir`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_name_the_key() {
+        let err = Config::from_toml("[agent]\nlisten = \"not an address\"\n").unwrap_err();
+        assert!(err.to_string().contains("`agent.listen`"), "{err}");
+        let err = Config::from_toml("[approval]\nwait_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("`approval.wait_timeout`"), "{err}");
+        let err = Config::from_toml("[store]\nurl = \"postgres://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("`store.url`"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_are_checked() {
+        let cases = [
+            ("prefix = \"kv\"", "upstream[0].prefix"),
+            ("prefix = \"/v1/\"", "upstream[0].prefix"),
+            ("url = \"https://example.com/\"", "upstream[0].url"),
+            ("url = \"http://example.com/x?y=1\"", "upstream[0].url"),
+            ("timeout = \"0s\"", "upstream[0].timeout"),
+        ];
+        for (line, key) in cases {
+            let mut fields = vec![
+                ("name", "\"etcd\""),
+                ("prefix", "\"/kv/\""),
+                ("url", "\"http://127.0.0.1:2379/\""),
+            ];
+            let (k, v) = line.split_once(" = ").unwrap();
+            fields.retain(|(f, _)| *f != k);
+            let mut toml = String::from("[[upstream]]\n");
+            for (f, val) in fields {
+                toml.push_str(&format!("{f} = {val}\n"));
+            }
+            toml.push_str(&format!("{k} = {v}\n"));
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let source = SecretSource { env: None, file: Some(file) };
+        assert_eq!(source.read("k").unwrap().expose(), "s3cret");
+        assert!(!format!("{:?}", source.read("k").unwrap()).contains("s3cret"));
+
+        let unset = SecretSource { env: Some("MIDOSOC_TEST_SURELY_UNSET".into()), file: None };
+        let err = unset.read("upstream[0].credential.value").unwrap_err().to_string();
+        assert!(err.contains("MIDOSOC_TEST_SURELY_UNSET"), "{err}");
+        assert!(SecretSource::default().read("k").is_err());
+    }
+
+    #[test]
+    fn secure_cookies_are_relaxed_only_on_loopback_http() {
+        let mut config = Config::default();
+        assert!(!config.secure_cookies());
+        config.review.public_url = Some("https://review.example".into());
+        assert!(config.secure_cookies());
+        config.review.public_url = None;
+        config.review.listen = "0.0.0.0:8081".parse().unwrap();
+        assert!(config.secure_cookies());
+    }
+}
