@@ -264,9 +264,14 @@ impl<R: Classifier, A: Classifier> ComposedClassifier<R, A> {
 
         let limit = self.policy.advisor_timeout;
         let deadline = Instant::now() + limit;
-        let Ok(Ok(permit)) = timeout_at(deadline, self.permits.acquire()).await else {
-            let detail = format!("no free llm slot within {limit:?}");
-            return Advice::Failed(Failure { reason: "saturated", detail });
+        let permit = match timeout_at(deadline, self.permits.acquire()).await {
+            // A slot freed just as the deadline passed leaves no time for
+            // a call: count it as saturation, not as a call that timed out.
+            Ok(Ok(permit)) if Instant::now() < deadline => permit,
+            _ => {
+                let detail = format!("no free llm slot within {limit:?}");
+                return Advice::Failed(Failure { reason: "saturated", detail });
+            }
         };
 
         let answer = timeout_at(deadline, self.advisor.classify(action)).await;

@@ -48,6 +48,7 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::{AzureConfig, Config, OpenAIConfig};
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
@@ -459,8 +460,15 @@ impl LlmClassifier {
             .build()
             .map_err(LlmError::Client)?;
 
+        // The library retries 429, 5xx and connection failures by default,
+        // with back-off and `Retry-After`. A gateway should not hammer a
+        // struggling endpoint while a request waits: one attempt, and on
+        // failure the rules decide.
+        let client =
+            Client::build(http.clone(), endpoint).with_http_service(ReqwestService::new(http));
+
         Ok(Self {
-            client: Client::build(http, endpoint),
+            client,
             provider: config.provider,
             base_url,
             model: config.model.clone(),
