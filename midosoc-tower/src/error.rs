@@ -36,6 +36,10 @@ pub(crate) enum Rejection {
     #[error("approval `{id}` was denied")]
     Denied { id: ApprovalId, reason: Option<String> },
 
+    /// The server is stopping; the approval is still pending.
+    #[error("server stopping; approval `{id}` is still pending")]
+    ShuttingDown { id: ApprovalId },
+
     /// The wait ran out; the approval is still pending.
     #[error("approval `{id}` is still pending")]
     StillPending { id: ApprovalId, expires_at: OffsetDateTime },
@@ -132,7 +136,7 @@ impl Rejection {
                 }
                 headers.insert(RETRY_AFTER, seconds(hints.retry_after));
             }
-            Self::Store { .. } | Self::Issuer { .. } => {
+            Self::Store { .. } | Self::Issuer { .. } | Self::ShuttingDown { .. } => {
                 headers.insert(RETRY_AFTER, seconds(hints.retry_after));
             }
             _ => {}
@@ -157,6 +161,12 @@ impl Rejection {
                     None => problem,
                 }
             }
+            Self::ShuttingDown { id } => Problem::new(ProblemKind::ApprovalUnavailable)
+                .with_detail(
+                    "the server is shutting down; the approval is still pending, re-send \
+                     the request unchanged with the Midosoc-Approval header once it is back",
+                )
+                .with_extension("approval_id", id.to_string()),
             Self::StillPending { id, expires_at } => Problem::new(ProblemKind::ApprovalPending)
                 .with_detail(
                     "the request is waiting for an analyst; re-send it unchanged with \

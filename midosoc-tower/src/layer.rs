@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use midosoc_core::{AgentId, ApprovalStore, Classifier, Grant, TokenIssuer};
+use tokio::sync::watch;
 use tower_layer::Layer;
 
 use crate::error::PendingHints;
@@ -62,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) audience: Option<String>,
     pub(crate) scope: Option<String>,
     pub(crate) pending: PendingHints,
+    pub(crate) shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl HumanApprovalLayer {
@@ -157,6 +159,17 @@ impl HumanApprovalLayer {
         self.shared.config.scope = Some(scope.into());
         self
     }
+
+    /// Lets held requests go when the server stops. Once `signal` holds
+    /// `true`, every request waiting for a decision is answered at once
+    /// with `503` and its approval id; the approval stays pending, so the
+    /// agent can resume it with the `Midosoc-Approval` header later (given
+    /// a durable store). Unset by default: a held request then waits until
+    /// its wait runs out or the server drops it.
+    pub fn shutdown_signal(mut self, signal: watch::Receiver<bool>) -> Self {
+        self.shared.config.shutdown = Some(signal);
+        self
+    }
 }
 
 impl Default for Config {
@@ -171,6 +184,7 @@ impl Default for Config {
             audience: None,
             scope: None,
             pending: PendingHints { status_url: None, retry_after: DEFAULT_RETRY_AFTER },
+            shutdown: None,
         }
     }
 }

@@ -11,6 +11,10 @@
 //! 5. on approval a token for exactly this request is minted, the approval
 //!    is marked executed (only one caller wins), and the request continues
 //!    with the token in `Authorization`.
+//!
+//! Every request the layer lets through carries the classifier's
+//! [`Assessment`] as a request extension; an approved one also carries
+//! [`ApprovedAction`].
 
 use std::fmt;
 use std::mem;
@@ -31,6 +35,7 @@ use midosoc_core::{
     Marker, Risk, Verdict,
 };
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_service::Service;
 use tracing::field::{Empty, display};
@@ -151,7 +156,7 @@ where
     let action = action_for(agent, &parts, &body);
     let assessment = assess(&shared, &action).await;
     match assessment.verdict {
-        Verdict::Allow => match pass(&shared, &action, parts, body).await {
+        Verdict::Allow => match pass(&shared, &action, assessment, parts, body).await {
             Ok(request) => ready.call(request).await,
             Err(rejection) => Ok(respond(&shared, rejection)),
         },
@@ -168,10 +173,12 @@ where
     }
 }
 
-/// The allow path: forward at once, with a read-scoped token when asked.
+/// The allow path: forward at once, with a read-scoped token when asked
+/// and the [`Assessment`] as a request extension.
 async fn pass<B: From<Bytes>>(
     shared: &Shared,
     action: &Action,
+    assessment: Assessment,
     mut parts: Parts,
     body: Bytes,
 ) -> Result<Request<B>, Rejection> {
@@ -186,6 +193,7 @@ async fn pass<B: From<Bytes>>(
             .map_err(|source| Rejection::Issuer { id: None, source })?;
         parts.headers.insert(AUTHORIZATION, bearer(&issued.token, None)?);
     }
+    parts.extensions.insert(assessment);
     Ok(Request::from_parts(parts, B::from(body)))
 }
 
@@ -296,20 +304,40 @@ async fn wait_and_settle<B: From<Bytes>>(
 ) -> Result<Request<B>, Rejection> {
     let id = approval.id;
     let guard = WithdrawGuard::new(shared.store.clone(), id);
-    let outcome = tokio::time::timeout(wait, shared.store.wait(id)).await;
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(wait, shared.store.wait(id)) => Some(outcome),
+        () = stopping(shared.config.shutdown.clone()) => None,
+    };
     // The agent is still here and gets an answer, whatever it is.
     guard.disarm();
 
     let decided = match outcome {
-        Ok(Ok(decided)) => decided,
-        Ok(Err(source)) => return Err(Rejection::store(Some(id), source)),
-        Err(_elapsed) => {
+        Some(Ok(Ok(decided))) => decided,
+        Some(Ok(Err(source))) => return Err(Rejection::store(Some(id), source)),
+        Some(Err(_elapsed)) => {
             return Err(Rejection::StillPending { id, expires_at: approval.expires_at });
+        }
+        None => {
+            tracing::info!("held request released; server stopping");
+            return Err(Rejection::ShuttingDown { id });
         }
     };
     let analyst = decided.decision.as_ref().map(|d| d.analyst.id.as_str());
     tracing::info!(approval.status = %decided.status, analyst.id = analyst, "approval decided");
     settle(shared, decided, parts, body).await
+}
+
+/// Resolves once the shutdown signal holds `true`; never without one.
+async fn stopping(signal: Option<watch::Receiver<bool>>) {
+    match signal {
+        Some(mut signal) => {
+            // A dropped sender can no longer announce a shutdown.
+            if signal.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Turns a decided approval into the request to forward, or the answer.
@@ -379,6 +407,7 @@ async fn execute<B: From<Bytes>>(
     // request; the minted token replaces it.
     parts.headers.insert(AUTHORIZATION, authorization);
     parts.headers.remove(&APPROVAL_HEADER);
+    parts.extensions.insert(approval.assessment.clone());
     parts.extensions.insert(ApprovedAction {
         approval_id: id,
         analyst: decision.analyst.clone(),
