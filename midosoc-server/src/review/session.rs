@@ -170,6 +170,10 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
 /// `POST` here (SameSite=Lax only stops cross-site subresource requests, and
 /// a sibling subdomain counts as same-site). Browsers always send `Origin` on
 /// such requests and scripts cannot forge it.
+// LIMITATION: "this host" is the request's `Host`. A reverse proxy in front
+// of the dashboard must pass the browser's `Host` through (nginx:
+// `proxy_set_header Host $host;`); the configured public URL is not yet
+// consulted, and `X-Forwarded-Host` is deliberately ignored.
 fn check_same_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), ReviewError> {
     if let Some(site) = headers.get("sec-fetch-site")
         && site.as_bytes() != b"same-origin"
