@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use tracing::instrument;
 
-use self::rules::{Effect, Lexicon, NounScope};
+use self::rules::{Effect, Lexicon, NounScope, OnGet};
 use self::shell::ShellEffect;
 use self::sql::SqlEffect;
 use self::text::PathView;
@@ -126,8 +126,15 @@ impl HeuristicClassifier {
         let mut scan = Scan::new(lex);
 
         let method = scan.effective_method(action);
-        let path = PathView::parse(action.path(), lex);
+        let mut path = PathView::parse(action.path(), lex);
         let query = action.query().map(text::query_pairs).unwrap_or_default();
+        // A key without a value names a sub-resource, as a path segment
+        // would: S3's `PUT /bucket?policy` or `POST /bucket?delete`.
+        for (key, value) in &query {
+            if value.is_empty() {
+                path.push_subresource(key, lex);
+            }
+        }
         let form = if action.json().is_none() { form_body(action) } else { None };
         let json = action.json().or(form.as_ref());
         let calls = json.map(calls).unwrap_or_default();
@@ -587,8 +594,11 @@ impl<'a> Scan<'a> {
                     self.push(&g.rule, place, matched, Kind::Write);
                     return Effect::Write;
                 }
+                // `execute_sql`, `run_shell`: what the call carries (SQL, a
+                // command) decides, unless it runs on a remote target.
                 let in_name = matches!(place, Place::Tool | Place::Operation);
-                let strength = if Some(group) == lex.exec_group && in_name {
+                let remote = lex.remote_targets.find(objects, true).is_some();
+                let strength = if Some(group) == lex.exec_group && in_name && !remote {
                     Strength::Hint
                 } else {
                     strength
@@ -673,10 +683,12 @@ impl<'a> Scan<'a> {
             let Some((i, seg)) = path.final_literal() else { return };
             let Some(found) = lex.verbs.at(&seg.tokens, 0, false) else { return };
             let g = &lex.verb_groups[*found.value];
-            if g.effect == Effect::Destructive
-                && g.on_get
-                && (seg.tokens.len() > found.len || confirmed)
-            {
+            let counts = match g.on_get {
+                OnGet::Never => false,
+                OnGet::Phrase => seg.tokens.len() > found.len || confirmed,
+                OnGet::Always => true,
+            };
+            if g.effect == Effect::Destructive && counts {
                 let objects = objects_of(path, i, &seg.tokens, found.start, found.len);
                 let matched = seg.tokens[..found.len].join(" ");
                 self.verb(*found.value, &matched, place, Strength::Strong, &objects);
@@ -774,8 +786,9 @@ impl<'a> Scan<'a> {
             }
             let key_words = text::words(key, lex);
             if lex.body.verb_keys.whole(&key_words, false) {
+                // `?Action=TerminateInstances`: an operation name.
                 let words = text::words(value, lex);
-                self.operation_verbs(&words, place);
+                self.operation(&words, place);
             } else if lex.body.dry_run_keys.whole(&key_words, false) && text::truthy(value) {
                 self.push("query.dry_run", place, key, Kind::DryRun);
             } else if method.changes()

@@ -123,6 +123,19 @@ pub(super) enum Effect {
     Read,
 }
 
+/// Whether a verb counts in the last segment of a GET.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum OnGet {
+    /// Never: REST puts checks there (`GET /pulls/1/merge`).
+    #[default]
+    Never,
+    /// As a verb phrase (`delete-user`) or confirmed (`reset?confirm=1`).
+    Phrase,
+    /// Always: the GET itself does it (`GET /pods/x/exec` upgrades).
+    Always,
+}
+
 /// When a sensitive noun counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,7 +165,7 @@ struct VerbGroup {
     #[serde(skip_serializing_if = "Option::is_none")]
     risk: Option<Risk>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    on_get: Option<bool>,
+    on_get: Option<OnGet>,
     words: Vec<String>,
     only_objects: Vec<String>,
     unless_objects: Vec<String>,
@@ -224,6 +237,7 @@ struct ShellRules {
 #[serde(default, deny_unknown_fields)]
 struct McpRules {
     shell_tools: Vec<String>,
+    remote_targets: Vec<String>,
     description_phrases: Vec<String>,
 }
 
@@ -315,6 +329,7 @@ impl RuleTable {
         self.body.extend(other.body);
         self.shell.extend(other.shell);
         append(&mut self.mcp.shell_tools, other.mcp.shell_tools);
+        append(&mut self.mcp.remote_targets, other.mcp.remote_targets);
         append(&mut self.mcp.description_phrases, other.mcp.description_phrases);
         append(&mut self.deny.phrases, other.deny.phrases);
     }
@@ -428,7 +443,7 @@ pub(super) struct VerbSense {
     pub(super) label: String,
     pub(super) effect: Effect,
     pub(super) risk: Risk,
-    pub(super) on_get: bool,
+    pub(super) on_get: OnGet,
     /// Destructive only for these objects, when set.
     pub(super) only: Option<PhraseMap<()>>,
     /// An ordinary write for these objects.
@@ -504,6 +519,8 @@ pub(super) struct Lexicon {
     pub(super) body: BodyLexicon,
     pub(super) shell: ShellLexicon,
     pub(super) shell_tools: PhraseMap<()>,
+    /// Where an `exec` tool runs: a remote target makes it more than a hint.
+    pub(super) remote_targets: PhraseMap<()>,
     pub(super) description_phrases: PhraseMap<()>,
     pub(super) deny: PhraseMap<()>,
     /// The group of `delete`: its verbs only unlink a soft relation.
@@ -552,7 +569,7 @@ impl Lexicon {
                 label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
                 effect: group.effect.unwrap_or(Effect::Destructive),
                 risk: group.risk.unwrap_or(Risk::High),
-                on_get: group.on_get.unwrap_or(false),
+                on_get: group.on_get.unwrap_or_default(),
                 only,
                 unless,
             });
@@ -586,6 +603,7 @@ impl Lexicon {
         let body = compile_body(&table.body, &mut known)?;
         let shell = compile_shell(&table.shell)?;
         let shell_tools = set(&mut known, "mcp", "shell_tools", &table.mcp.shell_tools)?;
+        let remote_targets = set(&mut known, "mcp", "remote_targets", &table.mcp.remote_targets)?;
         let description_phrases =
             set(&mut known, "mcp", "description_phrases", &table.mcp.description_phrases)?;
         let deny = set(&mut known, "deny", "phrases", &table.deny.phrases)?;
@@ -606,6 +624,7 @@ impl Lexicon {
             body,
             shell,
             shell_tools,
+            remote_targets,
             description_phrases,
             deny,
             known,

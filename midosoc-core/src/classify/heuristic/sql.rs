@@ -50,6 +50,8 @@ const STATEMENT_STARTS: &[&str] = &[
     "VACUUM", "CALL", "EXEC", "EXECUTE", "SET", "BEGIN", "START", "COMMIT", "ROLLBACK", "USE",
     "LOCK", "RENAME", "ANALYZE", "REINDEX", "CLUSTER", "COMMENT", "DECLARE", "DO", "KILL",
     "SHUTDOWN", "VALUES", "TABLE", "REFRESH", "LOAD", "OPTIMIZE", "PRAGMA", "ATTACH", "DETACH",
+    // Cypher.
+    "MATCH", "OPTIONAL", "UNWIND", "RETURN",
 ];
 
 /// Objects a `DROP` can remove.
@@ -146,6 +148,10 @@ fn statement_findings(stmt: &[Tok], out: &mut Vec<SqlFinding>) {
         words
     };
     let Some(&(_, first, _)) = words.first() else { return };
+    if matches!(first, "MATCH" | "OPTIONAL" | "UNWIND" | "RETURN") {
+        cypher_findings(&words, out);
+        return;
+    }
     let word_at = |k: usize| words.get(k).map(|w| w.1);
     let later = |k: usize, word: &str| words.iter().skip(k + 1).any(|w| w.1 == word);
     let mut found = false;
@@ -263,6 +269,30 @@ fn statement_findings(stmt: &[Tok], out: &mut Vec<SqlFinding>) {
         out.push(SqlFinding {
             effect: SqlEffect::Read,
             matched: first.to_owned(),
+            sweeping: false,
+        });
+    }
+}
+
+/// A Cypher query (graph databases): `MATCH (n) DETACH DELETE n`.
+fn cypher_findings(words: &[(usize, &str, usize)], out: &mut Vec<SqlFinding>) {
+    let has_where = words.iter().any(|w| w.1 == "WHERE");
+    let mut found = false;
+    for (k, &(_, word, _)) in words.iter().enumerate() {
+        let prev = k.checked_sub(1).and_then(|p| words.get(p)).map(|w| w.1);
+        let (effect, matched, sweeping) = match word {
+            "DELETE" if prev == Some("DETACH") => (SqlEffect::Erase, "DETACH DELETE", !has_where),
+            "DELETE" => (SqlEffect::Erase, "DELETE", !has_where),
+            "CREATE" | "MERGE" | "SET" | "REMOVE" => (SqlEffect::Write, word, false),
+            _ => continue,
+        };
+        out.push(SqlFinding { effect, matched: matched.to_owned(), sweeping });
+        found = true;
+    }
+    if !found {
+        out.push(SqlFinding {
+            effect: SqlEffect::Read,
+            matched: "MATCH".to_owned(),
             sweeping: false,
         });
     }
@@ -456,6 +486,9 @@ mod tests {
             ("SELECT pg_terminate_backend(42)", SqlEffect::Availability, "pg_terminate_backend"),
             ("COPY t TO PROGRAM 'curl x'", SqlEffect::Exec, "COPY PROGRAM"),
             ("ALTER USER bob WITH SUPERUSER", SqlEffect::Access, "ALTER USER"),
+            ("MATCH (n:User) DETACH DELETE n", SqlEffect::Erase, "DETACH DELETE"),
+            ("MATCH (n:User) WHERE n.id = 1 SET n.name = 'x'", SqlEffect::Write, "SET"),
+            ("MATCH (n) RETURN count(n)", SqlEffect::Read, "MATCH"),
         ];
         for (sql, effect, matched) in cases {
             assert!(

@@ -270,6 +270,11 @@ impl PathView {
         self.segments.push(Segment { kind, tokens });
     }
 
+    /// Adds a query key that names a sub-resource as a last segment.
+    pub(super) fn push_subresource(&mut self, key: &str, lex: &Lexicon) {
+        self.push_part(key, lex, false);
+    }
+
     /// The last segment, when it is literal.
     pub(super) fn final_literal(&self) -> Option<(usize, &Segment)> {
         let last = self.segments.len().checked_sub(1)?;
