@@ -364,7 +364,8 @@ pub async fn unknown_ids_are_not_found<S: ApprovalStore>(store: S) {
 /// Expands to one `#[tokio::test]` per behaviour of
 /// [`store::conformance`](crate::store::conformance), each on a store made
 /// by the given expression (which may `.await`). Invoke it once per
-/// module.
+/// module. The calling crate needs `tokio` with the `macros` and
+/// `rt-multi-thread` features among its dev-dependencies.
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {

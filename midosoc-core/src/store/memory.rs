@@ -111,6 +111,10 @@ impl MemoryStore {
         self
     }
 
+    fn sink(&self) -> Sink<'_> {
+        Sink { events: &self.events, history_limit: self.history_limit }
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         // A poisoned lock means an update panicked half-way; refusing every
         // later call fails closed rather than trusting broken indexes.
@@ -244,8 +248,10 @@ impl State {
         slots
             .rev()
             .filter_map(|slot| self.sender(slot))
-            .map(|tx| tx.borrow().clone())
-            .filter(|a| keep(a))
+            .filter_map(|tx| {
+                let approval = tx.borrow();
+                keep(&approval).then(|| approval.clone())
+            })
             .take(limit)
             .collect()
     }
@@ -255,12 +261,6 @@ impl State {
 struct Sink<'a> {
     events: &'a broadcast::Sender<StoreEvent>,
     history_limit: usize,
-}
-
-impl MemoryStore {
-    fn sink(&self) -> Sink<'_> {
-        Sink { events: &self.events, history_limit: self.history_limit }
-    }
 }
 
 #[async_trait]
