@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use midosoc_core::token::LocalIssuer;
 use midosoc_core::{ApprovalStore, Classifier};
 use midosoc_tower::{HumanApproval, HumanApprovalLayer};
+use tokio::sync::watch;
 use tower::Layer;
 
 use crate::config::Config;
@@ -87,12 +88,14 @@ pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Par
 }
 
 /// Builds the shared state: one approval layer per upstream and one for
-/// the action API, all over the same store.
+/// the action API, all over the same store. When `shutdown` turns `true`,
+/// every held request is answered `503` with its approval id.
 pub(crate) fn state(
     config: &Config,
     agent_url: &str,
     parts: Parts,
     metrics: Option<PrometheusHandle>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<AppState> {
     let Parts { identities, store, classifier, issuer } = parts;
     let layer = |audience: Option<&str>, mint_read_tokens: bool| {
@@ -104,7 +107,8 @@ pub(crate) fn state(
             .approval_ttl(approval.ttl)
             .retry_after(approval.retry_after)
             .status_url(format!("{agent_url}/v1/approvals/{{id}}"))
-            .mint_read_tokens(mint_read_tokens);
+            .mint_read_tokens(mint_read_tokens)
+            .shutdown_signal(shutdown.clone());
         if let Some(audience) = audience {
             layer = layer.audience(audience);
         }

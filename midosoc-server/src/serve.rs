@@ -1,6 +1,7 @@
 //! `midosoc serve`: opens everything, binds both listeners, says where they
 //! are, and runs until a signal.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let metrics = crate::metrics::install().context("cannot install the metrics recorder")?;
-    let state = app::state(&config, &agent_url, parts, Some(metrics))?;
+    let shutdown = Shutdown::new();
+    let state = app::state(&config, &agent_url, parts, Some(metrics), shutdown.watch())?;
 
     let store = state.store.clone();
     tokio::spawn(async move { midosoc_core::store::run_expiry(&*store, EXPIRY_INTERVAL).await });
@@ -47,7 +49,6 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let review_router = app::review_router(state.clone(), config.secure_cookies());
     print_banner(&config, &agent_url, &review_url, first_analyst.as_deref());
 
-    let shutdown = Shutdown::new();
     let agent = serve_agents(agent_listener, agent_router, shutdown.clone());
     let review = serve_analysts(review_listener, review_router, shutdown.clone());
     let servers = tokio::spawn(async move { tokio::join!(agent, review) });
@@ -138,7 +139,10 @@ fn print_banner(config: &Config, agent_url: &str, review_url: &str, first_analys
 pub(crate) fn init_logging(config: &Config, format: Option<LogFormat>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .context("invalid value for `log.filter`")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format.unwrap_or(config.log.format) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
