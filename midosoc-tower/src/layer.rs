@@ -142,6 +142,10 @@ impl HumanApprovalLayer {
     /// Whether allowed requests carry a read-scoped token in
     /// `Authorization`, minted per request with [`Grant::read_only`]. Off
     /// by default: the safe path then never calls the issuer.
+    ///
+    /// [`VerifyTokenLayer`](crate::VerifyTokenLayer) accepts a read token
+    /// only on `GET`, `HEAD` and `OPTIONS`, so an allowed `POST` behind a
+    /// verifier is still refused: there, only an approval opens it.
     pub fn mint_read_tokens(mut self, enabled: bool) -> Self {
         self.shared.config.mint_read_tokens = enabled;
         self
