@@ -22,7 +22,10 @@
 //   PKCE S256 for analyst sign-in. The development login pages accept any
 //   name; the ID token carries `https://midosoc.dev/roles`, derived from the
 //   name: `viewer...` is a viewer, `approver...` an approver, `admin...` an
-//   admin, anyone else has no role.
+//   admin, anyone else has no role. Its post-logout redirect URIs are the
+//   origins of its redirect URIs with a `/` path, unless given.
+// - `midosoc-other-app` (secret `other-secret`): another code-flow client
+//   with the same redirect URIs, whose codes the dashboard must refuse.
 //
 // Environment:
 //
@@ -30,6 +33,9 @@
 //   OIDC_DASHBOARD_SECRET        secret of the dashboard client (dashboard-secret)
 //   OIDC_DASHBOARD_REDIRECT_URI  its redirect URIs, comma separated
 //                                (http://127.0.0.1:8080/auth/callback)
+//   OIDC_DASHBOARD_POST_LOGOUT_REDIRECT_URI
+//                                its post-logout redirect URIs, comma
+//                                separated (http://127.0.0.1:8080/)
 //   OIDC_ACCESS_TOKEN_TTL        access token lifetime in seconds (300)
 //
 // For tests, `GET /test/stats` answers {"token_requests": N}: how many
@@ -48,6 +54,13 @@ const redirectUris = (env.OIDC_DASHBOARD_REDIRECT_URI ?? 'http://127.0.0.1:8080/
   .split(',')
   .map((uri) => uri.trim())
   .filter(Boolean);
+const postLogoutUris = (env.OIDC_DASHBOARD_POST_LOGOUT_REDIRECT_URI ?? '')
+  .split(',')
+  .map((uri) => uri.trim())
+  .filter(Boolean);
+if (postLogoutUris.length === 0) {
+  postLogoutUris.push(...new Set(redirectUris.map((uri) => `${new URL(uri).origin}/`)));
+}
 const accessTokenTtl = Number(env.OIDC_ACCESS_TOKEN_TTL ?? 300);
 
 const ROLES_CLAIM = 'https://midosoc.dev/roles';
@@ -95,6 +108,15 @@ const configuration = {
     {
       client_id: 'midosoc-dashboard',
       client_secret: dashboardSecret,
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: redirectUris,
+      post_logout_redirect_uris: postLogoutUris,
+    },
+    {
+      client_id: 'midosoc-other-app',
+      client_secret: 'other-secret',
       token_endpoint_auth_method: 'client_secret_basic',
       grant_types: ['authorization_code'],
       response_types: ['code'],
