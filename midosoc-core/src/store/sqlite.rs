@@ -130,6 +130,8 @@ const INSERT: &str = "INSERT INTO approvals (id, agent, status, created_at, expi
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPDATE: &str = "UPDATE approvals SET status = ?2, token_id = ?3, approval = ?4 \
      WHERE id = ?1 AND status = ?5 AND token_id IS NULL";
+const ANY_DUE: &str =
+    "SELECT EXISTS (SELECT 1 FROM approvals WHERE status = 'pending' AND expires_at <= ?1)";
 const EXPIRE: &str = "UPDATE approvals \
      SET status = 'expired', approval = json_set(approval, '$.status', 'expired', '$.closed_at', ?2) \
      WHERE status = 'pending' AND expires_at <= ?1 \
@@ -277,6 +279,14 @@ impl Backend for SqliteBackend {
             }
             Err(error) => Err(unavailable(error)),
         }
+    }
+
+    async fn any_due(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
+        sqlx::query_scalar(ANY_DUE)
+            .bind(micros(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
     }
 
     async fn expire_due(
