@@ -537,3 +537,51 @@ async fn shutdown_answers_held_requests_503_with_their_approval_id() {
     assert_eq!(status, 503);
     assert_eq!(doc["approval_id"], id);
 }
+
+#[tokio::test]
+async fn with_a_sqlite_store_a_held_request_survives_a_restart_and_runs_once() {
+    let upstream = echo_upstream().await;
+    let db = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[store]\nurl = \"sqlite://{}/approvals.db\"\n{}",
+        db.path().display(),
+        upstream_config("echo", "/echo/", &upstream.to_string(), "")
+    );
+    let mut gw = Gateway::start(&config);
+    let key = gw.add_agent("bot");
+    let http = client();
+
+    let response = http
+        .delete(gw.agent("/echo/items/7"))
+        .bearer_auth(&key)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let (status, doc) = problem(response).await;
+    assert_eq!(status, 202);
+    let id = doc["approval_id"].as_str().unwrap().to_owned();
+
+    gw.restart();
+    let decided = http
+        .post(gw.review(&format!("/api/approvals/{id}/approve")))
+        .bearer_auth(&gw.admin_token)
+        .json(&json!({"reason": "item 7 is a duplicate"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(decided.status().is_success(), "{}", decided.text().await.unwrap());
+
+    let resume =
+        || http.delete(gw.agent("/echo/items/7")).bearer_auth(&key).header("midosoc-approval", &id);
+    let response = resume().send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["method"], "DELETE");
+    assert_eq!(seen["uri"], "/items/7");
+    assert!(seen["headers"].get("midosoc-approval").is_none());
+
+    let (status, doc) = problem(resume().send().await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert_eq!(doc["type"], "https://midosoc.dev/problems/already-executed");
+}

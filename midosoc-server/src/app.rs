@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
@@ -21,7 +22,7 @@ use midosoc_tower::{HumanApproval, HumanApprovalLayer};
 use tokio::sync::watch;
 use tower::Layer;
 
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::identity::Identities;
 use crate::proxy::{Forwarder, Proxy, Upstream};
 use crate::routes::agent::{self, ActionEcho};
@@ -78,13 +79,30 @@ pub(crate) struct Parts {
 /// named by `config`; `agent_url` is the issuer's default `iss`.
 pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Parts> {
     let identities = Identities::open(&config.data_dir).await?;
-    let store: Arc<dyn ApprovalStore> = Arc::new(midosoc_core::store::MemoryStore::new());
+    let store = open_store(&config.store.url).await?;
     let classifier: Arc<dyn Classifier> =
         Arc::new(midosoc_core::classify::HeuristicClassifier::default());
     let issuer_name = config.issuer.issuer.clone().unwrap_or_else(|| agent_url.to_owned());
     let issuer = keys::load_or_create(&config.data_dir, &issuer_name, &config.issuer.audience)?
         .with_lifetime(config.issuer.token_ttl);
     Ok(Parts { identities, store, classifier, issuer: Arc::new(issuer) })
+}
+
+/// Opens the approval store `url` names: `memory`, a SQLite file or a
+/// PostgreSQL database.
+async fn open_store(url: &str) -> anyhow::Result<Arc<dyn ApprovalStore>> {
+    use midosoc_core::store::{MemoryStore, PostgresStore, SqliteStore, StoreOptions};
+
+    let context = || format!("cannot open the approval store `{}`", redact_url(url));
+    let options = StoreOptions::default();
+    let store: Arc<dyn ApprovalStore> = if url == "memory" {
+        Arc::new(MemoryStore::new())
+    } else if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(url, options).await.with_context(context)?)
+    } else {
+        Arc::new(PostgresStore::open(url, options).await.with_context(context)?)
+    };
+    Ok(store)
 }
 
 /// Builds the shared state: one approval layer per upstream and one for

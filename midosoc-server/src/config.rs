@@ -446,10 +446,18 @@ impl Config {
                 "must be at least `approval.max_wait`, or approvals expire while agents wait",
             ));
         }
-        if self.store.url != "memory" {
+        let url = self.store.url.as_str();
+        let known = url == "memory"
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://");
+        if !known {
             return Err(ConfigError::invalid(
                 "store.url",
-                format!("`{}` is not supported; use `memory`", self.store.url),
+                format!(
+                    "`{}` is not supported; use `memory`, `sqlite://FILE` or `postgres://...`",
+                    redact_url(url)
+                ),
             ));
         }
         if self.classifier.kind != "heuristic" {
@@ -556,6 +564,20 @@ impl Config {
 
 /// Path prefixes the agent listener answers itself.
 const RESERVED_PREFIXES: &[&str] = &["/v1/", "/.well-known/", "/healthz", "/readyz", "/metrics"];
+
+/// A URL with any password replaced, safe to print.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{user}:<redacted>@{host}{slash}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
 
 fn check_url(key: &str, url: Option<&str>) -> Result<(), ConfigError> {
     let Some(url) = url else { return Ok(()) };
@@ -669,8 +691,13 @@ mod tests {
         assert!(err.to_string().contains("`agent.listen`"), "{err}");
         let err = Config::from_toml("[approval]\nwait_timeout = \"soon\"\n").unwrap_err();
         assert!(err.to_string().contains("`approval.wait_timeout`"), "{err}");
-        let err = Config::from_toml("[store]\nurl = \"postgres://x\"\n").unwrap_err();
+        let err = Config::from_toml("[store]\nurl = \"mysql://u:pw@db/x\"\n").unwrap_err();
         assert!(err.to_string().contains("`store.url`"), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
+        for url in ["memory", "sqlite://approvals.db", "postgres://u:pw@127.0.0.1/test"] {
+            let toml = format!("[store]\nurl = \"{url}\"\n");
+            assert_eq!(Config::from_toml(&toml).unwrap().store.url, url);
+        }
     }
 
     #[test]

@@ -133,6 +133,7 @@ fn print_banner(config: &Config, agent_url: &str, review_url: &str, first_analys
         println!("Sign in at {review_url}/ with this token; it is shown only once:");
         println!("  {token}");
     }
+    println!("Ready; stop with Ctrl-C (held requests are answered 503 and stay pending).");
 }
 
 /// Sets up logging to standard error.

@@ -45,26 +45,7 @@ impl Gateway {
         );
         std::fs::write(&config, text).expect("config file");
 
-        let mut child = Command::new(support::midosoc_binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("MIDOSOC_LOG__FILTER", "warn,midosoc=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("midosoc serve starts");
-
-        let (sender, receiver) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-
+        let (child, receiver) = spawn(&config);
         let mut gateway = Self {
             child: Some(child),
             agent_url: String::new(),
@@ -78,7 +59,7 @@ impl Gateway {
         gateway
     }
 
-    /// Reads the banner up to the admin token.
+    /// Reads the banner up to its last line.
     fn read_banner(&mut self) {
         loop {
             let line = self
@@ -92,11 +73,24 @@ impl Gateway {
                 self.review_url = first_word(rest).trim_end_matches('/').to_owned();
             } else if line.starts_with("mdsr_") {
                 self.admin_token = line.to_owned();
+            } else if line.starts_with("Ready;") {
                 break;
             }
         }
         assert!(self.agent_url.starts_with("http://127.0.0.1:"), "{}", self.agent_url);
         assert!(self.review_url.starts_with("http://127.0.0.1:"), "{}", self.review_url);
+    }
+
+    /// Stops the gateway with SIGTERM and starts it again on the same
+    /// configuration and data (and so the same ports, unless they were 0:
+    /// the new ones are read from the banner).
+    pub(crate) fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "{status:?}");
+        let (child, receiver) = spawn(&self.config);
+        self.child = Some(child);
+        self.stdout = receiver;
+        self.read_banner();
     }
 
     /// Runs `midosoc` with this gateway's configuration.
@@ -157,6 +151,31 @@ impl Drop for Gateway {
             let _ = child.wait();
         }
     }
+}
+
+/// Starts `midosoc serve` with `config`; its standard output arrives line
+/// by line on the receiver.
+fn spawn(config: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(support::midosoc_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("MIDOSOC_LOG__FILTER", "warn,midosoc=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("midosoc serve starts");
+
+    let (sender, receiver) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, receiver)
 }
 
 fn first_word(text: &str) -> String {
