@@ -72,6 +72,25 @@ async fn pending_approvals_survive_reopening_the_file() {
 }
 
 #[tokio::test]
+async fn a_second_store_on_the_same_file_is_caught_up_by_the_recheck() {
+    let db = TempSqlite::new().await;
+    let quick = test_options().with_recheck_every(Duration::from_millis(50));
+    let other = SqliteStore::open(&db.url, quick).await.expect("second store on the file");
+    let approval = db.store.submit(held("two-writers", HOUR)).await.expect("submit");
+
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(async move { other.wait(approval.id).await })
+    };
+    until_parked(|| other.waiting(), 1).await;
+    db.store.decide(approval.id, by_ada(Outcome::Approve)).await.expect("decide");
+
+    let woken = tokio::time::timeout(PATIENCE, waiter).await.expect("woken by the recheck");
+    assert_eq!(woken.expect("task").expect("wait").status, ApprovalStatus::Approved);
+    assert!(other.verify_audit().await.expect("verify").is_whole());
+}
+
+#[tokio::test]
 async fn the_audit_trail_names_agent_analyst_and_token_id() {
     let db = TempSqlite::new().await;
     let id = one_full_life(&db.store, "auditor-agent").await;
