@@ -30,10 +30,11 @@ pub(crate) fn detect(json: &Value) -> Option<Operation> {
             Some(first)
         }
         Value::Object(map) => {
-            if let Some(method) = map.get("method").and_then(Value::as_str) {
-                if map.contains_key("jsonrpc") || map.contains_key("params") {
-                    return Some(json_rpc(method, map.get("params")));
-                }
+            let is_rpc = map.contains_key("jsonrpc") || map.contains_key("params");
+            if let Some(method) = map.get("method").and_then(Value::as_str)
+                && is_rpc
+            {
+                return Some(json_rpc(method, map.get("params")));
             }
             if let Some(op) = graphql(map) {
                 return Some(op);
