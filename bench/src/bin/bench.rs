@@ -1,0 +1,105 @@
+//! `bench`: runs the whole suite and writes `bench/results/results.json`,
+//! `docs/benchmarks.md` and the latency chart beside it. `bench/run.sh`
+//! installs the tools, builds, runs the classifier benchmark and then
+//! this.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use midosoc_bench::driver::{self, Selection, Sizes, Tools, chart, report};
+
+/// The Midosoc benchmark suite.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Scenarios to run: perf, classifier, held, decision (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "perf,classifier,held,decision")]
+    only: Vec<String>,
+    /// PostgreSQL for the two-instance run; `none` skips it.
+    #[arg(
+        long,
+        env = "MIDOSOC_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Scratch folder for configurations, data and logs.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Write results here instead of the repository.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = args.out.clone().unwrap_or_else(|| repo.clone());
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("no folder for the bench binary")?;
+    let tools = Tools::beside(bin_dir);
+    let missing = tools.missing_own();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "missing programs (build them first): {}",
+        missing.join(", ")
+    );
+
+    let scratch = match args.scratch {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("midosoc-bench-{}", std::process::id())),
+    };
+    let mut sizes = Sizes::full();
+    sizes.reps = args.reps.max(1);
+    let has = |name: &str| args.only.iter().any(|o| o == name);
+    let selection = Selection {
+        perf: has("perf"),
+        classifier: has("classifier"),
+        held: has("held"),
+        decision: has("decision"),
+    };
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
+    let postgres = (args.postgres_url != "none").then_some(args.postgres_url.as_str());
+
+    let results = driver::run(
+        tools,
+        scratch.clone(),
+        &sizes,
+        &selection,
+        &target_dir.join("criterion"),
+        postgres,
+    )?;
+
+    let results_dir = out.join("bench/results");
+    let docs = out.join("docs");
+    std::fs::create_dir_all(&results_dir)?;
+    std::fs::create_dir_all(&docs)?;
+    std::fs::write(results_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    let chart_name = "benchmarks-latency.png";
+    let chart = match results.perf.as_ref().map(|p| chart::draw(p, &docs.join(chart_name))) {
+        Some(Ok(())) => Some(chart_name),
+        Some(Err(error)) => {
+            eprintln!("no chart: {error:#}");
+            None
+        }
+        None => None,
+    };
+    let notes = std::fs::read_to_string(repo.join("bench/NOTES.md")).unwrap_or_default();
+    std::fs::write(docs.join("benchmarks.md"), report::markdown(&results, chart, &notes))?;
+
+    println!("{}", report::targets_table(&results));
+    for warning in &results.warnings {
+        println!("warning: {warning}");
+    }
+    println!(
+        "wall time {:.0} s; wrote {}, {}",
+        results.wall_seconds,
+        results_dir.join("results.json").display(),
+        docs.join("benchmarks.md").display()
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
