@@ -192,7 +192,7 @@ impl Rejection {
                 .with_detail(format!("`{}` is not an approval id", bounded(raw))),
             Self::TooManyPending(_) => Problem::new(ProblemKind::TooManyPending)
                 .with_detail("too many of this agent's requests are already waiting"),
-            Self::Store { id, .. } | Self::Issuer { id, .. } => {
+            Self::Store { id, .. } => {
                 let problem = Problem::new(ProblemKind::ApprovalUnavailable)
                     .with_detail("the approval service failed; the request did not run");
                 match id {
@@ -200,7 +200,54 @@ impl Rejection {
                     None => problem,
                 }
             }
+            Self::Issuer { id, source } => {
+                let (cause, detail) = issuer_cause(source);
+                let problem = Problem::new(ProblemKind::ApprovalUnavailable)
+                    .with_detail(detail)
+                    .with_extension("cause", cause);
+                match id {
+                    Some(id) => problem.with_extension("approval_id", id.to_string()),
+                    None => problem,
+                }
+            }
         }
+    }
+}
+
+/// What an agent learns of an issuer failure: a stable cause and a fixed
+/// sentence. The provider's own answer is not echoed; operators find it in
+/// the gateway's log.
+///
+/// INVARIANT: an issuer failure happens before the approval is marked
+/// executed, so an approved request stays approved and can be re-sent.
+fn issuer_cause(error: &IssueError) -> (&'static str, &'static str) {
+    match error {
+        IssueError::InvalidClient => (
+            "issuer_rejected_client",
+            "the token issuer rejected the gateway's client credentials; the request did not \
+             run and stays approved, re-send it once an operator has fixed them",
+        ),
+        IssueError::AudienceNotAllowed(_) => (
+            "issuer_refused_audience",
+            "the token issuer refused the audience configured for this API; the request did \
+             not run and stays approved, re-send it once an operator has fixed it",
+        ),
+        IssueError::RateLimited { .. } => (
+            "issuer_rate_limited",
+            "the token issuer is rate limiting the gateway; the request did not run and \
+             stays approved, re-send it later",
+        ),
+        IssueError::Unreachable(_) => (
+            "issuer_unreachable",
+            "the token issuer could not be reached; the request did not run and stays \
+             approved, re-send it later",
+        ),
+        IssueError::Rejected(_) => (
+            "issuer_refused",
+            "the token issuer refused to mint a token; the request did not run and stays \
+             approved",
+        ),
+        _ => ("token_not_minted", "no token could be minted; the request did not run"),
     }
 }
 

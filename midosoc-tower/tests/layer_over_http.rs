@@ -353,6 +353,8 @@ async fn issuer_failure_fails_closed_and_leaves_the_approval_approved() {
 
     let (status, body) = status_and_json(agent.await.unwrap().unwrap()).await;
     assert_eq!((status, problem_type(&body)), (503, ProblemKind::ApprovalUnavailable.type_uri()));
+    assert_eq!(body["cause"], "issuer_unreachable", "{body}");
+    assert_eq!(body["approval_id"], held.id.to_string());
     let approval = h.store.get(held.id).await.unwrap();
     assert_eq!(approval.status, ApprovalStatus::Approved);
     assert!(approval.execution.is_none());
