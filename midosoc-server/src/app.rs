@@ -17,7 +17,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use midosoc_core::token::LocalIssuer;
-use midosoc_core::{ApprovalStore, Classifier};
+use midosoc_core::{ApprovalStore, Classifier, TokenIssuer};
 use midosoc_tower::{HumanApproval, HumanApprovalLayer};
 use tokio::sync::watch;
 use tower::Layer;
@@ -71,8 +71,11 @@ pub(crate) struct Parts {
     pub(crate) store: Arc<dyn ApprovalStore>,
     /// The classifier.
     pub(crate) classifier: Arc<dyn Classifier>,
-    /// The token issuer.
+    /// The built-in token issuer: the JWKS and the action API's tokens.
     pub(crate) issuer: Arc<LocalIssuer>,
+    /// The issuer the upstreams' layers mint with: the built-in one, or an
+    /// OAuth 2.0 server or Auth0 tenant (`[issuer] kind`).
+    pub(crate) upstream_issuer: Arc<dyn TokenIssuer>,
 }
 
 /// Opens the identity database, the store, the classifier and the issuer
@@ -85,7 +88,9 @@ pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Par
     let issuer_name = config.issuer.issuer.clone().unwrap_or_else(|| agent_url.to_owned());
     let issuer = keys::load_or_create(&config.data_dir, &issuer_name, &config.issuer.audience)?
         .with_lifetime(config.issuer.token_ttl);
-    Ok(Parts { identities, store, classifier, issuer: Arc::new(issuer) })
+    let issuer = Arc::new(issuer);
+    let upstream_issuer = crate::issuer::build(&config.issuer, issuer.clone())?;
+    Ok(Parts { identities, store, classifier, issuer, upstream_issuer })
 }
 
 /// Opens the approval store `url` names: `memory`, a SQLite file or a
@@ -115,10 +120,13 @@ pub(crate) fn state(
     metrics: Option<PrometheusHandle>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<AppState> {
-    let Parts { identities, store, classifier, issuer } = parts;
-    let layer = |audience: Option<&str>, mint_read_tokens: bool| {
+    let Parts { identities, store, classifier, issuer, upstream_issuer } = parts;
+    let layer = |minting: Arc<dyn TokenIssuer>,
+                 audience: Option<&str>,
+                 scope: Option<&str>,
+                 mint_read_tokens: bool| {
         let approval = &config.approval;
-        let mut layer = HumanApprovalLayer::new(classifier.clone(), store.clone(), issuer.clone())
+        let mut layer = HumanApprovalLayer::new(classifier.clone(), store.clone(), minting)
             .body_limit(approval.body_limit)
             .wait_timeout(approval.wait_timeout)
             .max_wait(approval.max_wait)
@@ -130,6 +138,9 @@ pub(crate) fn state(
         if let Some(audience) = audience {
             layer = layer.audience(audience);
         }
+        if let Some(scope) = scope {
+            layer = layer.scope(scope);
+        }
         layer
     };
 
@@ -137,10 +148,18 @@ pub(crate) fn state(
     for (index, up) in config.upstream.iter().enumerate() {
         let upstream = Arc::new(Upstream::from_config(up, index)?);
         let forwarder = Forwarder::new(upstream.clone(), up.connect_timeout);
-        let service = layer(up.audience.as_deref(), up.mint_tokens).layer(forwarder);
+        let service = layer(
+            upstream_issuer.clone(),
+            up.audience.as_deref(),
+            up.scope.as_deref(),
+            up.mint_tokens,
+        )
+        .layer(forwarder);
         routes.push((upstream, service));
     }
-    let authorize = layer(None, true).layer(ActionEcho::new(store.clone()));
+    // SECURITY: the action API hands its token to the agent, so it always
+    // mints with the built-in issuer, whose tokens allow one action only.
+    let authorize = layer(issuer.clone(), None, None, true).layer(ActionEcho::new(store.clone()));
 
     Ok(AppState {
         identities,
@@ -174,8 +193,13 @@ pub(crate) fn agent_router(state: AppState) -> Router {
         .layer(middleware::from_fn(framing::reject_ambiguous))
 }
 
-/// The review listener's router.
-pub(crate) fn review_router(state: AppState, secure_cookies: bool) -> Router {
+/// The review listener's router; `oidc` is sign-in with an OpenID
+/// provider, when configured.
+pub(crate) fn review_router(
+    state: AppState,
+    secure_cookies: bool,
+    oidc: Option<Arc<crate::review::OidcSignIn>>,
+) -> Router {
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -185,6 +209,7 @@ pub(crate) fn review_router(state: AppState, secure_cookies: bool) -> Router {
         store: state.store.clone(),
         identities: state.identities.clone(),
         secure_cookies,
+        oidc,
     });
     ops.merge(review)
 }

@@ -16,6 +16,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::issuer::ProviderIssuerConfig;
+use crate::review::OidcConfig;
+
 /// The commented example configuration, with every key at its default.
 pub(crate) const EXAMPLE: &str = include_str!("../midosoc.example.toml");
 
@@ -142,6 +145,10 @@ pub(crate) struct ReviewConfig {
     /// listener is on a loopback address and `public_url` is not https.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) secure_cookies: Option<bool>,
+    /// `[review.oidc]`: analyst sign-in with OpenID Connect. Unset: local
+    /// analyst tokens only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) oidc: Option<OidcConfig>,
 }
 
 impl Default for ReviewConfig {
@@ -150,6 +157,7 @@ impl Default for ReviewConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             public_url: None,
             secure_cookies: None,
+            oidc: None,
         }
     }
 }
@@ -228,6 +236,12 @@ pub(crate) struct IssuerConfig {
     /// How long a minted token is valid.
     #[serde(with = "humantime_serde")]
     pub(crate) token_ttl: Duration,
+    /// `[issuer.oauth2]`: the OAuth 2.0 server used when `kind = "oauth2"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) oauth2: Option<ProviderIssuerConfig>,
+    /// `[issuer.auth0]`: the Auth0 tenant used when `kind = "auth0"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) auth0: Option<ProviderIssuerConfig>,
 }
 
 impl Default for IssuerConfig {
@@ -237,6 +251,8 @@ impl Default for IssuerConfig {
             issuer: None,
             audience: "midosoc".to_owned(),
             token_ttl: Duration::from_secs(5 * 60),
+            oauth2: None,
+            auth0: None,
         }
     }
 }
@@ -308,6 +324,10 @@ pub(crate) struct UpstreamConfig {
     /// when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) audience: Option<String>,
+    /// The scopes (space separated) asked for in tokens minted for this
+    /// upstream; the issuer's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) scope: Option<String>,
     /// A credential the gateway adds to every forwarded request, so the
     /// agent never holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -466,11 +486,18 @@ impl Config {
                 format!("`{}` is not supported; use `heuristic`", self.classifier.kind),
             ));
         }
-        if self.issuer.kind != "local" {
+        if !crate::issuer::KINDS.contains(&self.issuer.kind.as_str()) {
             return Err(ConfigError::invalid(
                 "issuer.kind",
-                format!("`{}` is not supported; use `local`", self.issuer.kind),
+                format!(
+                    "`{}` is not supported; use `local`, `oauth2` or `auth0`",
+                    self.issuer.kind
+                ),
             ));
+        }
+        crate::issuer::check(&self.issuer).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        if let Some(oidc) = &self.review.oidc {
+            oidc.check().map_err(|e| ConfigError::Syntax(e.to_string()))?;
         }
         if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError::invalid("log.filter", format!("not a tracing filter: {e}")));

@@ -6,6 +6,7 @@
 //! - `config`: the TOML file and `MIDOSOC_*` overrides, checked at start;
 //! - `identity`: agents and analysts, in SQLite, secrets stored hashed;
 //! - `keys`: the built-in issuer's signing key on disk;
+//! - `issuer`: the token issuer the upstreams mint with, by configuration;
 //! - `app`: the shared state and the routers of both listeners;
 //! - `routes`: agent authentication, the action API, operations endpoints;
 //! - `proxy`: the reverse proxy behind the approval layer;
@@ -26,6 +27,7 @@ mod error;
 mod eval;
 mod framing;
 mod identity;
+mod issuer;
 mod keys;
 mod metrics;
 mod proxy;

@@ -337,6 +337,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             mint_tokens: false,
             audience: None,
+            scope: None,
             credential: None,
         };
         Upstream::from_config(&config, 0).unwrap()

@@ -15,6 +15,7 @@ use crate::app;
 use crate::config::{Config, LogFormat};
 use crate::framing::{GuardedListener, Peer};
 use crate::identity::Role;
+use crate::review::OidcSignIn;
 use crate::shutdown::{self, Shutdown};
 
 /// How often pending approvals past their deadline are expired.
@@ -33,9 +34,20 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let review_url = listener_url(config.review.public_url.as_deref(), review_addr);
 
     let parts = app::open(&config, &agent_url).await?;
+    // With single sign-on, analysts come from the provider: no local
+    // admin token is made up and printed.
     let first_analyst = match parts.identities.count_analysts().await? {
-        0 => Some(parts.identities.add_analyst(FIRST_ANALYST, Role::Admin).await?),
+        0 if config.review.oidc.is_none() => {
+            Some(parts.identities.add_analyst(FIRST_ANALYST, Role::Admin).await?)
+        }
         _ => None,
+    };
+    let oidc = match &config.review.oidc {
+        Some(oidc) => Some(Arc::new(
+            OidcSignIn::new(oidc, &review_url, config.secure_cookies())
+                .context("cannot set up single sign-on")?,
+        )),
+        None => None,
     };
     let metrics = crate::metrics::install().context("cannot install the metrics recorder")?;
     let shutdown = Shutdown::new();
@@ -46,7 +58,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::metrics::watch_store(state.store.clone()));
 
     let agent_router = app::agent_router(state.clone());
-    let review_router = app::review_router(state.clone(), config.secure_cookies());
+    let review_router = app::review_router(state.clone(), config.secure_cookies(), oidc);
     print_banner(&config, &agent_url, &review_url, first_analyst.as_deref());
 
     let agent = serve_agents(agent_listener, agent_router, shutdown.clone());
@@ -120,6 +132,9 @@ fn print_banner(config: &Config, agent_url: &str, review_url: &str, first_analys
         "  agent listener: {agent_url}  (point agents here; add one with `midosoc agent add NAME`)"
     );
     println!("  dashboard:      {review_url}/");
+    if let Some(oidc) = &config.review.oidc {
+        println!("  analysts:       sign in with {} ({})", oidc.display_name, oidc.issuer);
+    }
     if config.upstream.is_empty() {
         println!("  upstreams:      none; add [[upstream]] tables (see `midosoc config example`)");
     }

@@ -6,6 +6,8 @@
 //! - [`session`]: who is asking (bearer analyst token or session cookie),
 //!   sign-in and sign-out, and the CSRF and `Origin` checks on browser state
 //!   changes;
+//! - [`oidc`]: sign-in with an OpenID provider (code flow with PKCE), when
+//!   `[review.oidc]` is configured;
 //! - [`api`]: approvals listed, shown and decided, and the audit history;
 //! - [`events`]: the Server-Sent Events stream of store events;
 //! - [`dashboard`]: the HTML, CSS and JavaScript of the dashboard, embedded
@@ -36,10 +38,13 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::identity::Identities;
 
+pub(crate) use oidc::{OidcConfig, OidcSignIn};
+
 mod api;
 mod dashboard;
 mod error;
 mod events;
+mod oidc;
 mod openapi;
 mod session;
 mod view;
@@ -69,6 +74,8 @@ pub(crate) struct ReviewState {
     /// Whether the session cookie is `Secure` and `__Host-` prefixed. Only
     /// a loopback development setup turns this off.
     pub(crate) secure_cookies: bool,
+    /// Sign-in with an OpenID provider, when configured.
+    pub(crate) oidc: Option<Arc<OidcSignIn>>,
 }
 
 /// The state every review handler sees.
@@ -76,6 +83,7 @@ pub(crate) struct ReviewState {
 struct Shared {
     store: Arc<dyn ApprovalStore>,
     identities: Identities,
+    oidc: Option<Arc<OidcSignIn>>,
     /// One permit per open event stream.
     streams: Arc<Semaphore>,
 }
@@ -85,6 +93,7 @@ pub(crate) fn router(state: ReviewState) -> Router {
     let shared = Shared {
         store: state.store,
         identities: state.identities,
+        oidc: state.oidc,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
     };
 
@@ -99,7 +108,10 @@ pub(crate) fn router(state: ReviewState) -> Router {
         .route("/api/approvals/{id}/deny", post(api::deny))
         .route("/api/audit", get(api::audit))
         .route("/api/events", get(events::stream))
-        .route("/api/openapi.json", get(openapi::document));
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/auth/methods", get(oidc::methods))
+        .route(oidc::LOGIN_PATH, get(oidc::login))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback));
 
     Router::new()
         .merge(api)

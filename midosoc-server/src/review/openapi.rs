@@ -36,6 +36,7 @@ use super::{api, error, events, session, view};
         view::SessionView,
         api::DecisionRequest,
         session::SignIn,
+        session::SignedOut,
         error::Problem,
     )),
     modifiers(&SecuritySchemes),

@@ -34,11 +34,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use midosoc_core::Analyst;
 use rand::RngCore;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use tower_sessions::cookie::SameSite;
@@ -47,6 +48,7 @@ use utoipa::ToSchema;
 
 use super::Shared;
 use super::error::{Problem, ReviewError};
+use super::oidc::SignedIn;
 use super::view::{SessionView, parse_json};
 use crate::identity::AnalystAccount;
 
@@ -67,6 +69,9 @@ const ANALYST_KEY: &str = "analyst_id";
 
 /// Session key of the session's CSRF token.
 const CSRF_KEY: &str = "csrf_token";
+
+/// Session key of an analyst signed in with the OpenID provider.
+const SINGLE_SIGN_ON_KEY: &str = "oidc_analyst";
 
 /// The cookie-session layer of the review router.
 pub(super) fn layer(secure: bool) -> SessionManagerLayer<MemoryStore> {
@@ -139,12 +144,21 @@ impl FromRequestParts<Shared> for Reviewer {
 
         let session =
             parts.extensions.get::<Session>().cloned().ok_or(ReviewError::Unauthenticated)?;
-        let analyst_id =
-            session.get::<String>(ANALYST_KEY).await?.ok_or(ReviewError::Unauthenticated)?;
-        let Some(account) = state.identities.find_analyst(&analyst_id).await? else {
-            // The account was removed since sign-in: end the session.
-            session.flush().await?;
-            return Err(ReviewError::Unauthenticated);
+        let account = match session.get::<String>(ANALYST_KEY).await? {
+            Some(analyst_id) => match state.identities.find_analyst(&analyst_id).await? {
+                Some(account) => account,
+                None => {
+                    // The account was removed since sign-in: end the session.
+                    session.flush().await?;
+                    return Err(ReviewError::Unauthenticated);
+                }
+            },
+            // Signed in with the provider: the role was mapped at sign-in.
+            None => session
+                .get::<SignedIn>(SINGLE_SIGN_ON_KEY)
+                .await?
+                .and_then(|analyst| analyst.account())
+                .ok_or(ReviewError::Unauthenticated)?,
         };
         let csrf_token = session.get::<String>(CSRF_KEY).await?;
 
@@ -266,6 +280,28 @@ pub(super) async fn sign_in(
     Ok(Json(SessionView::new(&account, Some(csrf_token))))
 }
 
+/// Starts a fresh session for an analyst the OpenID provider signed in:
+/// a new session id, a new CSRF token, the analyst and their mapped role.
+pub(super) async fn start_single_sign_on(
+    session: &Session,
+    analyst: &SignedIn,
+) -> Result<(), ReviewError> {
+    session.clear().await;
+    session.cycle_id().await?;
+    session.insert(SINGLE_SIGN_ON_KEY, analyst).await?;
+    session.insert(CSRF_KEY, &new_csrf_token()).await?;
+    session.set_expiry(Some(Expiry::AtDateTime(OffsetDateTime::now_utc() + SESSION_LIFETIME)));
+    Ok(())
+}
+
+/// What a browser does after signing out.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SignedOut {
+    /// The provider's end-session URL: the browser goes there to end the
+    /// analyst's session at the provider too.
+    end_session_url: String,
+}
+
 /// Who is signed in, their role, and the CSRF token their browser must
 /// send with state changes.
 #[utoipa::path(
@@ -283,10 +319,13 @@ pub(super) async fn current(reviewer: Reviewer) -> Json<SessionView> {
     Json(reviewer.view())
 }
 
-/// Ends the browser's session and clears its cookie.
+/// Ends the browser's session and clears its cookie. An analyst who
+/// signed in with the OpenID provider gets the provider's end-session URL
+/// to visit next.
 #[utoipa::path(
     delete, path = "/api/session", operation_id = "signOut", tag = "session",
     responses(
+        (status = 200, description = "signed out here; end the session at the provider", body = SignedOut),
         (status = 204, description = "signed out"),
         (
             status = 401, body = Problem, content_type = "application/problem+json",
@@ -301,14 +340,25 @@ pub(super) async fn current(reviewer: Reviewer) -> Json<SessionView> {
 )]
 #[tracing::instrument(skip_all, fields(analyst.id = %reviewer.account.id))]
 pub(super) async fn sign_out(
+    State(state): State<Shared>,
     reviewer: Reviewer,
     session: Session,
-) -> Result<StatusCode, ReviewError> {
-    if reviewer.credential == Credential::Session {
-        session.flush().await?;
-        tracing::info!("analyst signed out");
+) -> Result<Response, ReviewError> {
+    if reviewer.credential != Credential::Session {
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(StatusCode::NO_CONTENT)
+    let single_sign_on = session.get::<SignedIn>(SINGLE_SIGN_ON_KEY).await?;
+    session.flush().await?;
+    tracing::info!("analyst signed out");
+
+    let end_session = match (single_sign_on, state.oidc.as_deref()) {
+        (Some(analyst), Some(oidc)) => oidc.end_session_url(&analyst.id_token).await,
+        _ => None,
+    };
+    Ok(match end_session {
+        Some(url) => Json(SignedOut { end_session_url: url.into() }).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[cfg(test)]

@@ -46,8 +46,12 @@ async fn harness_with(store: MemoryStore, secure_cookies: bool) -> Harness {
     let agent_key = identities.add_agent("billing-bot").await.unwrap();
 
     let store = Arc::new(store);
-    let state =
-        ReviewState { store: store.clone(), identities: identities.clone(), secure_cookies };
+    let state = ReviewState {
+        store: store.clone(),
+        identities: identities.clone(),
+        secure_cookies,
+        oidc: None,
+    };
     let router = router(state);
     Harness { router, store, identities, approver, viewer, agent_key, _dir: dir }
 }
