@@ -114,10 +114,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         let before = buf.filled().len();
         let this = &mut *self;
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll {
-            if this.scanner.feed(&buf.filled()[before..]) {
-                this.flag.store(true, Ordering::Release);
-            }
+        if let Poll::Ready(Ok(())) = poll
+            && this.scanner.feed(&buf.filled()[before..])
+        {
+            this.flag.store(true, Ordering::Release);
         }
         poll
     }

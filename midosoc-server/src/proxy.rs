@@ -301,7 +301,7 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// A proxy over `routes`.
     pub(crate) fn new(mut routes: Vec<(Arc<Upstream>, HumanApproval<Forwarder>)>) -> Self {
-        routes.sort_by(|a, b| b.0.prefix.len().cmp(&a.0.prefix.len()));
+        routes.sort_by_key(|(upstream, _)| std::cmp::Reverse(upstream.prefix.len()));
         Self { routes: Arc::new(routes) }
     }
 
