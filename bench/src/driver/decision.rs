@@ -206,7 +206,7 @@ fn measure(
         }
         let mut reps = Vec::new();
         for rep in 0..sizes.reps {
-            let tag = format!("d{count}-r{rep}");
+            let tag = format!("b{background}-d{count}-r{rep}");
             reps.push(probes(bench, setup, &mut probe, &lines, &tag, sizes.probes, subscribed)?);
         }
         let pick = |f: fn(&Probes) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
