@@ -6,6 +6,8 @@
 
 mod llm_support;
 
+use std::time::Duration;
+
 use llm_support::{FixedRules, Reply, ScriptedModel, hang_up_server};
 use midosoc_core::classify::{
     ApiKey, ComposedClassifier, CompositionMode, LlmClassifier, LlmConfig, Provider,
@@ -13,11 +15,14 @@ use midosoc_core::classify::{
 };
 use midosoc_core::{Action, AgentId, Assessment, Classifier, Risk, Verdict};
 
+/// Long enough that only a failure ends a call.
+const PATIENT: Duration = Duration::from_secs(5);
+
 const KEY: &str = "sk-proj-TESTKEY0123456789abcdef";
 
 fn config(base_url: &str) -> LlmConfig {
     let mut config = LlmConfig::new(base_url, "scripted-model");
-    config.timeout_ms = 5_000;
+    config.timeout = Duration::from_secs(5);
     config.skip_confidence = None;
     config
 }
@@ -43,9 +48,9 @@ fn marker<'a>(assessment: &'a Assessment, rule: &str) -> Option<&'a str> {
 /// Composes both a holding and an allowing rules classifier with a model
 /// that fails as `base_url` scripts, and checks the rules stand unchanged,
 /// marked with `reason`.
-async fn assert_rules_stand(base_url: &str, timeout_ms: u64, reason: &str) {
+async fn assert_rules_stand(base_url: &str, timeout: Duration, reason: &str) {
     let mut config = config(base_url);
-    config.timeout_ms = timeout_ms;
+    config.timeout = timeout;
     for (verdict, risk) in [(Verdict::Hold, Risk::High), (Verdict::Allow, Risk::Low)] {
         let out = composed(&config, FixedRules(verdict, risk)).classify(&delete_project()).await;
         let out = out.unwrap();
@@ -97,7 +102,7 @@ async fn model_cannot_lower_a_hold_from_the_rules() {
 async fn malformed_json_from_the_model_leaves_the_rules_standing() {
     let model =
         ScriptedModel::start(Reply::Content("Looks safe to me! {verdict: allow".into())).await;
-    assert_rules_stand(&model.base_url(), 5_000, "invalid_answer").await;
+    assert_rules_stand(&model.base_url(), PATIENT, "invalid_answer").await;
 }
 
 #[tokio::test]
@@ -110,33 +115,33 @@ async fn schema_violations_from_the_model_leave_the_rules_standing() {
     ];
     for answer in answers {
         let model = ScriptedModel::start(Reply::Content(answer.into())).await;
-        assert_rules_stand(&model.base_url(), 5_000, "invalid_answer").await;
+        assert_rules_stand(&model.base_url(), PATIENT, "invalid_answer").await;
     }
 }
 
 #[tokio::test]
 async fn slow_model_past_the_timeout_leaves_the_rules_standing() {
     let model = ScriptedModel::start(Reply::Hang).await;
-    assert_rules_stand(&model.base_url(), 300, "timeout").await;
+    assert_rules_stand(&model.base_url(), Duration::from_millis(300), "timeout").await;
     assert_eq!(model.received().len(), 2, "the request did reach the model");
 }
 
 #[tokio::test]
 async fn rate_limited_model_leaves_the_rules_standing() {
     let model = ScriptedModel::start(Reply::error(429, "rate_limit_error")).await;
-    assert_rules_stand(&model.base_url(), 5_000, "rate_limited").await;
+    assert_rules_stand(&model.base_url(), PATIENT, "rate_limited").await;
 }
 
 #[tokio::test]
 async fn failing_model_server_leaves_the_rules_standing() {
     let model = ScriptedModel::start(Reply::error(500, "server_error")).await;
-    assert_rules_stand(&model.base_url(), 5_000, "server_error").await;
+    assert_rules_stand(&model.base_url(), PATIENT, "server_error").await;
 }
 
 #[tokio::test]
 async fn dropped_connection_leaves_the_rules_standing() {
     let base_url = hang_up_server().await;
-    assert_rules_stand(&base_url, 5_000, "transport").await;
+    assert_rules_stand(&base_url, PATIENT, "transport").await;
 }
 
 #[tokio::test]
@@ -145,7 +150,7 @@ async fn unreachable_endpoint_leaves_the_rules_standing() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    assert_rules_stand(&format!("http://{addr}/v1"), 5_000, "transport").await;
+    assert_rules_stand(&format!("http://{addr}/v1"), PATIENT, "transport").await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! To evaluate a real model, set `MIDOSOC_LLM_BASE_URL`, `MIDOSOC_LLM_MODEL`
 //! and `MIDOSOC_LLM_API_KEY` (and optionally `MIDOSOC_LLM_PROVIDER`,
 //! `MIDOSOC_LLM_API_VERSION`, `MIDOSOC_LLM_RESPONSE_FORMAT`,
-//! `MIDOSOC_LLM_TIMEOUT_MS`, and `MIDOSOC_LLM_EVAL_EVERY`, which picks every
+//! `MIDOSOC_LLM_TIMEOUT` such as `10s`, and `MIDOSOC_LLM_EVAL_EVERY`, which picks every
 //! n-th non-adversarial row; 10 by default, 1 for all), then run
 //! `cargo test -p midosoc-core --test llm_corpus -- --nocapture`.
 
@@ -113,14 +113,11 @@ fn live_config() -> Option<LlmConfig> {
         ("MIDOSOC_LLM_PROVIDER", "provider"),
         ("MIDOSOC_LLM_API_VERSION", "api_version"),
         ("MIDOSOC_LLM_RESPONSE_FORMAT", "response_format"),
+        ("MIDOSOC_LLM_TIMEOUT", "timeout"),
     ] {
         if let Some(value) = env(var) {
             config[key] = json!(value);
         }
-    }
-    if let Some(ms) = env("MIDOSOC_LLM_TIMEOUT_MS") {
-        config["timeout_ms"] =
-            json!(ms.parse::<u64>().expect("MIDOSOC_LLM_TIMEOUT_MS is a number"));
     }
     Some(serde_json::from_value(config).expect("the MIDOSOC_LLM_* settings form a configuration"))
 }

@@ -12,22 +12,22 @@
 //! through [`ComposedClassifier`](super::ComposedClassifier), which lets it
 //! raise what the rules found and never lower it.
 //!
-//! ```no_run
-//! use midosoc_core::classify::{ComposedClassifier, LlmClassifier, LlmConfig};
-//! # fn rules() -> impl midosoc_core::Classifier { NoRules }
-//! # struct NoRules;
-//! # #[async_trait::async_trait]
-//! # impl midosoc_core::Classifier for NoRules {
-//! #     async fn classify(&self, _: &midosoc_core::Action)
-//! #         -> Result<midosoc_core::Assessment, midosoc_core::ClassifyError> { unreachable!() }
-//! # }
+//! ```
+//! use midosoc_core::classify::{
+//!     ComposedClassifier, HeuristicClassifier, LlmClassifier, LlmConfig,
+//! };
+//!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config: LlmConfig = toml::from_str(r#"
+//! let config: LlmConfig = toml::from_str(
+//!     r#"
 //!     base_url = "http://127.0.0.1:11434/v1"
 //!     model = "qwen2.5:7b"
-//! "#)?;
+//!     timeout = "3s"
+//!     "#,
+//! )?;
 //! let llm = LlmClassifier::from_config(&config)?;
-//! let classifier = ComposedClassifier::new(rules(), llm).with_policy(config.policy());
+//! let classifier = ComposedClassifier::new(HeuristicClassifier::default(), llm)
+//!     .with_policy(config.policy());
 //! # let _ = classifier;
 //! # Ok(())
 //! # }
@@ -137,9 +137,10 @@ pub struct LlmConfig {
     /// File holding the API key (surrounding whitespace is ignored).
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
-    /// Longest wait for the model, queueing included, in milliseconds.
-    #[serde(default = "defaults::timeout_ms")]
-    pub timeout_ms: u64,
+    /// Longest wait for the model, waiting for a free slot included, such
+    /// as `"4s"`.
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
+    pub timeout: Duration,
     /// How the model is asked to shape its answer.
     #[serde(default)]
     pub response_format: ResponseFormatMode,
@@ -152,10 +153,10 @@ pub struct LlmConfig {
     /// Most model calls in flight at once.
     #[serde(default = "defaults::max_concurrent")]
     pub max_concurrent: usize,
-    /// How long an answer is reused for an identical request, in seconds;
-    /// `0` turns the cache off.
-    #[serde(default = "defaults::cache_ttl_secs")]
-    pub cache_ttl_secs: u64,
+    /// How long an answer is reused for an identical request, such as
+    /// `"5m"`; `"0s"` turns the cache off.
+    #[serde(default = "defaults::cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
     /// Most answers kept; `0` turns the cache off.
     #[serde(default = "defaults::cache_capacity")]
     pub cache_capacity: usize,
@@ -174,8 +175,10 @@ pub struct LlmConfig {
 }
 
 mod defaults {
-    pub(super) fn timeout_ms() -> u64 {
-        4_000
+    use std::time::Duration;
+
+    pub(super) fn timeout() -> Duration {
+        Duration::from_secs(4)
     }
     pub(super) fn max_input_bytes() -> usize {
         8 * 1024
@@ -186,8 +189,8 @@ mod defaults {
     pub(super) fn max_concurrent() -> usize {
         8
     }
-    pub(super) fn cache_ttl_secs() -> u64 {
-        300
+    pub(super) fn cache_ttl() -> Duration {
+        Duration::from_secs(300)
     }
     pub(super) fn cache_capacity() -> usize {
         10_000
@@ -207,12 +210,12 @@ impl LlmConfig {
             api_version: None,
             api_key_env: None,
             api_key_file: None,
-            timeout_ms: defaults::timeout_ms(),
+            timeout: defaults::timeout(),
             response_format: ResponseFormatMode::JsonSchema,
             max_input_bytes: defaults::max_input_bytes(),
             max_output_tokens: defaults::max_output_tokens(),
             max_concurrent: defaults::max_concurrent(),
-            cache_ttl_secs: defaults::cache_ttl_secs(),
+            cache_ttl: defaults::cache_ttl(),
             cache_capacity: defaults::cache_capacity(),
             skip_confidence: defaults::skip_confidence(),
             mode: CompositionMode::Enforce,
@@ -220,20 +223,15 @@ impl LlmConfig {
         }
     }
 
-    /// The longest wait for the model.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
     /// The composition settings this configuration describes, for
     /// [`ComposedClassifier::with_policy`](super::ComposedClassifier::with_policy).
     pub fn policy(&self) -> CompositionPolicy {
         CompositionPolicy {
             mode: self.mode,
-            advisor_timeout: self.timeout(),
+            advisor_timeout: self.timeout,
             max_concurrent: self.max_concurrent.max(1),
             skip_confidence: self.skip_confidence,
-            cache_ttl: Duration::from_secs(self.cache_ttl_secs),
+            cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             advisor_may_deny: self.allow_llm_deny,
         }
@@ -263,8 +261,8 @@ impl LlmConfig {
         if self.provider == Provider::Azure && self.api_version.is_none() {
             return invalid("`api_version` is required for the azure provider");
         }
-        if self.timeout_ms == 0 {
-            return invalid("`timeout_ms` must be above zero");
+        if self.timeout.is_zero() {
+            return invalid("`timeout` must be above zero");
         }
         if self.max_input_bytes < MIN_INPUT_BYTES {
             return invalid("`max_input_bytes` must be at least 512");
@@ -455,8 +453,8 @@ impl LlmClassifier {
         // waits everywhere.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout().min(Duration::from_secs(5)))
-            .timeout(config.timeout())
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .timeout(config.timeout)
             .build()
             .map_err(LlmError::Client)?;
 
@@ -472,7 +470,7 @@ impl LlmClassifier {
             provider: config.provider,
             base_url,
             model: config.model.clone(),
-            timeout: config.timeout(),
+            timeout: config.timeout,
             format: config.response_format,
             max_input_bytes: config.max_input_bytes,
             max_output_tokens: config.max_output_tokens,
@@ -1126,12 +1124,12 @@ mod tests {
             model = "midosoc-gpt4o"
             api_version = "2024-10-21"
             api_key_env = "AZURE_OPENAI_KEY"
-            timeout_ms = 2500
+            timeout = "2500ms"
             response_format = "json_object"
             max_input_bytes = 4096
             max_output_tokens = 300
             max_concurrent = 4
-            cache_ttl_secs = 60
+            cache_ttl = "1m"
             cache_capacity = 100
             skip_confidence = 0.8
             mode = "shadow"
