@@ -258,6 +258,7 @@ async fn wake_latency_same_and_cross_instance_is_printed() {
     for (label, decider) in [("same instance", &a), ("cross instance", &b)] {
         let mut woken = Vec::new();
         let mut deciding = Vec::new();
+        let mut after_return = Vec::new();
         for _ in 0..200 {
             let approval = a.submit(held("latency", HOUR)).await.expect("submit");
             let waiter = {
@@ -271,14 +272,19 @@ async fn wake_latency_same_and_cross_instance_is_printed() {
 
             let started = Instant::now();
             decider.decide(approval.id, by_ada(Outcome::Deny)).await.expect("decide");
-            deciding.push(started.elapsed());
-            woken.push(waiter.await.expect("waiter") - started);
+            let returned = Instant::now();
+            deciding.push(returned - started);
+            let woke = waiter.await.expect("waiter");
+            woken.push(woke - started);
+            after_return.push(woke.saturating_duration_since(returned));
         }
         let (decide_p50, decide_p99) = percentiles(deciding);
         let (wake_p50, wake_p99) = percentiles(woken);
+        let (late_p50, late_p99) = percentiles(after_return);
         println!(
             "postgres, {label}, 200 decisions: decide() p50 {decide_p50} us p99 {decide_p99} us; \
-             decide() start to waiter woken p50 {wake_p50} us p99 {wake_p99} us"
+             decide() start to waiter woken p50 {wake_p50} us p99 {wake_p99} us; \
+             decide() return to waiter woken p50 {late_p50} us p99 {late_p99} us"
         );
     }
 }
