@@ -19,7 +19,7 @@ pub(crate) enum AgentCommand {
     },
     /// List agents.
     List,
-    /// Remove an agent; its key stops working at once.
+    /// Remove an agent; its key stops working within a second.
     Remove {
         /// The agent's name.
         name: String,

@@ -11,10 +11,12 @@
 //! the reverse). A secret is looked up by the hash of a 256-bit random
 //! value: timing of the lookup reveals nothing useful about the secret.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -145,10 +147,23 @@ pub(crate) struct AgentRecord {
     pub(crate) created_at: OffsetDateTime,
 }
 
+/// How long a successful agent-key lookup is remembered. Agent keys are
+/// checked on every proxied request, and a database round trip costs more
+/// than the rest of the allow path; a removed agent's key keeps working for
+/// at most this long.
+const AGENT_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Most agent keys remembered at once; the cache is emptied when full.
+const AGENT_CACHE_LIMIT: usize = 10_000;
+
+/// Recently authenticated agent keys, by hash.
+type AgentCache = HashMap<[u8; 32], (AgentId, Instant)>;
+
 /// The agents and analysts of one gateway.
 #[derive(Clone, Debug)]
 pub(crate) struct Identities {
     pool: SqlitePool,
+    agents: Arc<Mutex<AgentCache>>,
 }
 
 impl Identities {
@@ -174,7 +189,7 @@ impl Identities {
             .map_err(|e| open_error(Box::new(e)))?;
 
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| open_error(Box::new(e)))?;
-        Ok(Self { pool })
+        Ok(Self { pool, agents: Arc::default() })
     }
 
     /// Adds an agent and returns its key. The key is not kept: show it
@@ -209,12 +224,35 @@ impl Identities {
         if !key.starts_with(AGENT_KEY_PREFIX) {
             return Ok(None);
         }
+        let digest = hash(key);
+        if let Some(agent) = self.cached_agent(&digest) {
+            return Ok(Some(agent));
+        }
         let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE key_hash = ?")
-            .bind(hash(key).as_slice())
+            .bind(digest.as_slice())
             .fetch_optional(&self.pool)
             .await
             .map_err(IdentityError::Database)?;
-        Ok(name.map(AgentId::new))
+        let agent = name.map(AgentId::new);
+        if let Some(agent) = &agent {
+            self.remember_agent(digest, agent.clone());
+        }
+        Ok(agent)
+    }
+
+    /// The agent for a key hash looked up less than [`AGENT_CACHE_TTL`] ago.
+    fn cached_agent(&self, digest: &[u8; 32]) -> Option<AgentId> {
+        let cache = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        let (agent, at) = cache.get(digest)?;
+        (at.elapsed() < AGENT_CACHE_TTL).then(|| agent.clone())
+    }
+
+    fn remember_agent(&self, digest: [u8; 32], agent: AgentId) {
+        let mut cache = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= AGENT_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(digest, (agent, Instant::now()));
     }
 
     /// Every agent, by name.
@@ -230,14 +268,17 @@ impl Identities {
             .collect())
     }
 
-    /// Removes an agent; its key stops working at once. Returns whether
-    /// there was such an agent.
+    /// Removes an agent; its key stops working at once in this process and
+    /// within a second in a running gateway. Returns whether there was
+    /// such an agent.
     pub(crate) async fn remove_agent(&self, name: &str) -> Result<bool, IdentityError> {
         let done = sqlx::query("DELETE FROM agents WHERE name = ?")
             .bind(name)
             .execute(&self.pool)
             .await
             .map_err(IdentityError::Database)?;
+        let mut cache = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, (agent, _)| agent.as_str() != name);
         Ok(done.rows_affected() > 0)
     }
 
@@ -459,6 +500,8 @@ mod tests {
         let key = ids.add_agent("bot").await.unwrap();
         let token = ids.add_analyst("alice", Role::Admin).await.unwrap();
         assert_eq!(ids.count_analysts().await.unwrap(), 1);
+        // Remembered by the lookup cache, and still forgotten on removal.
+        assert!(ids.authenticate_agent(&key).await.unwrap().is_some());
 
         assert!(ids.remove_agent("bot").await.unwrap());
         assert!(!ids.remove_agent("bot").await.unwrap());
