@@ -689,8 +689,7 @@ mod tests {
     #[test]
     fn example_file_parses_and_equals_the_defaults() {
         let example = Config::from_toml(EXAMPLE).unwrap();
-        let mut expected = Config::default();
-        expected.upstream = example.upstream.clone();
+        let expected = Config { upstream: example.upstream.clone(), ..Config::default() };
         assert_eq!(example, expected);
         assert_eq!(example.upstream.len(), 1);
     }
