@@ -40,11 +40,13 @@ mod sql;
 mod tests;
 mod text;
 
+use std::fmt::Write as _;
+
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use tracing::instrument;
 
-use self::rules::{Effect, Lexicon, NounScope, OnGet};
+use self::rules::{Effect, Lexicon, NounScope, OnGet, Roles};
 use self::shell::ShellEffect;
 use self::sql::SqlEffect;
 use self::text::PathView;
@@ -125,9 +127,9 @@ impl HeuristicClassifier {
         let lex = &self.lexicon;
         let mut scan = Scan::new(lex);
 
-        let method = scan.effective_method(action);
-        let mut path = PathView::parse(action.path(), lex);
         let query = action.query().map(text::query_pairs).unwrap_or_default();
+        let method = scan.effective_method(action, &query);
+        let mut path = PathView::parse(action.path(), lex, method.changes());
         // A key without a value names a sub-resource, as a path segment
         // would: S3's `PUT /bucket?policy` or `POST /bucket?delete`.
         for (key, value) in &query {
@@ -164,7 +166,7 @@ impl HeuristicClassifier {
             scan.text_body(action, method);
         }
 
-        decide(&scan.findings)
+        decide(scan.findings)
     }
 }
 
@@ -387,19 +389,17 @@ impl BodyCx {
     fn new(lex: &Lexicon, method: Method, words: &[String], creating: bool, rpc: bool) -> Self {
         let b = &lex.body;
         let read = words.iter().enumerate().any(|(i, _)| {
-            lex.verbs
-                .at(words, i, false)
-                .is_some_and(|f| lex.verb_groups[*f.value].effect == Effect::Read)
+            lex.verbs.at(words, i).is_some_and(|f| lex.verb_groups[*f.value].effect == Effect::Read)
         });
         Self {
             mutating: method.changes() && !(read && rpc),
             creating,
             branch_write: matches!(method, Method::Put | Method::Patch)
-                || b.branch_write_verbs.find(words, false).is_some(),
-            export: b.export_verbs.find(words, false).is_some(),
-            update: b.update_verbs.find(words, false).is_some(),
+                || b.branch_write_verbs.find(words).is_some(),
+            export: b.export_verbs.find(words).is_some(),
+            update: b.update_verbs.find(words).is_some(),
             read,
-            search: b.search_verbs.find(words, false).is_some(),
+            search: b.search_verbs.find(words).is_some(),
             shell_tool: false,
             skip_top: Vec::new(),
         }
@@ -531,26 +531,21 @@ impl<'a> Scan<'a> {
 
     /// The method, or a more dangerous one the request asks to override it
     /// with (`X-HTTP-Method-Override: DELETE`, `_method=DELETE`).
-    fn effective_method(&mut self, action: &Action) -> Method {
+    fn effective_method(&mut self, action: &Action, query: &[(String, String)]) -> Method {
         let mut method = Method::of(&action.method);
         let headers = action
             .headers
             .iter()
             .filter(|h| OVERRIDE_HEADERS.contains(&h.name.as_str()))
             .map(|h| h.value.as_str());
-        let query = action
-            .query()
-            .map(text::query_pairs)
-            .unwrap_or_default()
-            .into_iter()
+        let query = query
+            .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("_method"))
-            .map(|(_, v)| v);
-        let body =
-            action.json().and_then(|j| j.get("_method")).and_then(Value::as_str).map(str::to_owned);
-        let candidates: Vec<String> = headers.map(str::to_owned).chain(query).chain(body).collect();
+            .map(|(_, v)| v.as_str());
+        let body = action.json().and_then(|j| j.get("_method")).and_then(Value::as_str);
 
-        for candidate in candidates {
-            let Some(name) = text::http_method(&candidate) else { continue };
+        for candidate in headers.chain(query).chain(body) {
+            let Some(name) = text::http_method(candidate) else { continue };
             let other = Method::of(name);
             if other.danger() > method.danger() {
                 method = other;
@@ -585,11 +580,9 @@ impl<'a> Scan<'a> {
                 Effect::Write
             }
             Effect::Destructive => {
-                let limited =
-                    g.only.as_ref().is_some_and(|only| only.find(objects, true).is_none());
-                let excused = g.unless.find(objects, true).is_some();
-                let unlinks =
-                    Some(group) == lex.erase_group && lex.soft.find(objects, false).is_some();
+                let limited = g.only.as_ref().is_some_and(|only| only.find(objects).is_none());
+                let excused = g.unless.find(objects).is_some();
+                let unlinks = Some(group) == lex.erase_group && lex.soft.find(objects).is_some();
                 if limited || excused || unlinks {
                     self.push(&g.rule, place, matched, Kind::Write);
                     return Effect::Write;
@@ -597,7 +590,7 @@ impl<'a> Scan<'a> {
                 // `execute_sql`, `run_shell`: what the call carries (SQL, a
                 // command) decides, unless it runs on a remote target.
                 let in_name = matches!(place, Place::Tool | Place::Operation);
-                let remote = lex.remote_targets.find(objects, true).is_some();
+                let remote = lex.remote_targets.find(objects).is_some();
                 let strength = if Some(group) == lex.exec_group && in_name && !remote {
                     Strength::Hint
                 } else {
@@ -620,7 +613,7 @@ impl<'a> Scan<'a> {
         let lex = self.lex;
         let tokens = text::words(word, lex);
         let group = (0..tokens.len())
-            .find_map(|i| lex.verbs.at(&tokens, i, false))
+            .find_map(|i| lex.verbs.at(&tokens, i))
             .map(|f| *f.value)
             .filter(|&g| lex.verb_groups[g].effect == Effect::Destructive);
         match group {
@@ -681,7 +674,7 @@ impl<'a> Scan<'a> {
             // segment; only a verb phrase (`delete-user`) or a confirmed
             // bare verb (`reset?confirm=true`) is an action there.
             let Some((i, seg)) = path.final_literal() else { return };
-            let Some(found) = lex.verbs.at(&seg.tokens, 0, false) else { return };
+            let Some(found) = lex.verbs.at(&seg.tokens, 0) else { return };
             let g = &lex.verb_groups[*found.value];
             let counts = match g.on_get {
                 OnGet::Never => false,
@@ -689,7 +682,7 @@ impl<'a> Scan<'a> {
                 OnGet::Always => true,
             };
             if g.effect == Effect::Destructive && counts {
-                let objects = objects_of(path, i, &seg.tokens, found.start, found.len);
+                let objects = objects_of(path, i, &seg.tokens, found.start, found.len, lex);
                 let matched = seg.tokens[..found.len].join(" ");
                 self.verb(*found.value, &matched, place, Strength::Strong, &objects);
             }
@@ -697,7 +690,7 @@ impl<'a> Scan<'a> {
         }
 
         for (i, seg) in path.literals() {
-            let Some(found) = lex.verbs.at(&seg.tokens, 0, false) else { continue };
+            let Some(found) = lex.verbs.at(&seg.tokens, 0) else { continue };
             let g = &lex.verb_groups[*found.value];
             let is_last = Some(i) == last;
             // A verb between two names (`/repos/acme/cleanup-tool/issues`)
@@ -708,7 +701,7 @@ impl<'a> Scan<'a> {
                 Effect::Read | Effect::Write => is_last,
             };
             if counts {
-                let objects = objects_of(path, i, &seg.tokens, found.start, found.len);
+                let objects = objects_of(path, i, &seg.tokens, found.start, found.len, lex);
                 let matched = seg.tokens[..found.len].join(" ");
                 self.verb(*found.value, &matched, place, Strength::Strong, &objects);
             }
@@ -717,14 +710,14 @@ impl<'a> Scan<'a> {
         // Reads anywhere in the last segment: `bulk-list`, `_search`.
         if let Some((_, seg)) = path.final_literal() {
             for j in 1..seg.tokens.len() {
-                let Some(found) = lex.verbs.at(&seg.tokens, j, false) else { continue };
+                let Some(found) = lex.verbs.at(&seg.tokens, j) else { continue };
                 let g = &lex.verb_groups[*found.value];
                 if g.effect == Effect::Read {
                     self.push(&g.rule, place, &seg.tokens[j], Kind::Read);
                 }
             }
-            let has_update = lex.body.update_verbs.find(&seg.tokens, false).is_some();
-            if has_update && let Some(bulk) = lex.body.bulk_words.find(&seg.tokens, false) {
+            let has_update = lex.body.update_verbs.find(&seg.tokens).is_some();
+            if has_update && let Some(bulk) = lex.body.bulk_words.find(&seg.tokens) {
                 let word = seg.tokens[bulk.start].clone();
                 self.destructive(rule::BULK, place, &word, Strength::Moderate);
             }
@@ -736,7 +729,7 @@ impl<'a> Scan<'a> {
         let last = path.final_literal().map(|(i, _)| i);
         let last_reads = path.final_literal().is_some_and(|(_, seg)| {
             lex.verbs
-                .at(&seg.tokens, 0, false)
+                .at(&seg.tokens, 0)
                 .is_some_and(|f| lex.verb_groups[*f.value].effect == Effect::Read)
         });
         // An action on an item: `/charges/{id}/capture`.
@@ -745,7 +738,7 @@ impl<'a> Scan<'a> {
 
         for (i, seg) in path.literals() {
             for j in 0..seg.tokens.len() {
-                let Some(found) = lex.nouns.at(&seg.tokens, j, true) else { continue };
+                let Some(found) = lex.nouns.at(&seg.tokens, j) else { continue };
                 let ends_segment = found.start + found.len == seg.tokens.len();
                 let matched = seg.tokens[found.start..found.start + found.len].join(" ");
                 for &g in found.value {
@@ -785,16 +778,14 @@ impl<'a> Scan<'a> {
                 continue;
             }
             let key_words = text::words(key, lex);
-            if lex.body.verb_keys.whole(&key_words, false) {
+            let roles = lex.body.roles(&key_words);
+            if roles.has(Roles::VERB) {
                 // `?Action=TerminateInstances`: an operation name.
                 let words = text::words(value, lex);
                 self.operation(&words, place);
-            } else if lex.body.dry_run_keys.whole(&key_words, false) && text::truthy(value) {
+            } else if roles.has(Roles::DRY_RUN) && text::truthy(value) {
                 self.push("query.dry_run", place, key, Kind::DryRun);
-            } else if method.changes()
-                && lex.body.state_flags.find(&key_words, false).is_some()
-                && text::truthy(value)
-            {
+            } else if method.changes() && roles.has(Roles::STATE_FLAG) && text::truthy(value) {
                 self.option(key, place, rule::QUERY_FLAG);
             }
         }
@@ -821,7 +812,7 @@ impl<'a> Scan<'a> {
         let mut summary = OpSummary::default();
         let mut i = 0;
         while i < words.len() {
-            let Some(found) = lex.verbs.at(words, i, false) else {
+            let Some(found) = lex.verbs.at(words, i) else {
                 i += 1;
                 continue;
             };
@@ -839,7 +830,7 @@ impl<'a> Scan<'a> {
             }
             i += found.len;
         }
-        if lex.deny.find(words, false).is_some() {
+        if lex.deny.find(words).is_some() {
             self.push("deny.phrase", place, &words.join(" "), Kind::Deny);
         }
         summary
@@ -850,22 +841,21 @@ impl<'a> Scan<'a> {
     fn operation(&mut self, words: &[String], place: Place) -> OpSummary {
         let lex = self.lex;
         let summary = self.operation_verbs(words, place);
-        let creates = lex.body.create_verbs.find(words, false).is_some();
-        let updates = lex.body.update_verbs.find(words, false).is_some();
+        let creates = lex.body.create_verbs.find(words).is_some();
+        let updates = lex.body.update_verbs.find(words).is_some();
         let rest: Vec<String> =
             words.iter().filter(|w| lex.verb_of(w).is_none()).cloned().collect();
 
         let mut fired: Vec<usize> = Vec::new();
         for j in 0..words.len() {
-            let Some(found) = lex.nouns.at(words, j, true) else { continue };
+            let Some(found) = lex.nouns.at(words, j) else { continue };
             let matched = words[found.start..found.start + found.len].join(" ");
             for &g in found.value {
                 let sense = &lex.noun_groups[g];
                 let strength = match sense.scope {
                     NounScope::Mutate => (!summary.read).then_some(Strength::Moderate),
                     NounScope::Create => {
-                        let head =
-                            lex.nouns.suffix(&rest, true).is_some_and(|f| f.value.contains(&g));
+                        let head = lex.nouns.suffix(&rest).is_some_and(|f| f.value.contains(&g));
                         (creates && !summary.read && head).then_some(Strength::Strong)
                     }
                     NounScope::Action => {
@@ -890,7 +880,7 @@ impl<'a> Scan<'a> {
     fn rpc(&mut self, method: &str, params: Option<&Value>) {
         let words = text::words(method, self.lex);
         let summary = self.operation(&words, Place::Operation);
-        let creating = self.lex.body.create_verbs.find(&words, false).is_some();
+        let creating = self.lex.body.create_verbs.find(&words).is_some();
         let mut cx = BodyCx::new(self.lex, Method::Post, &words, creating, true);
         cx.read |= summary.read && !summary.write && !summary.destructive;
         cx.mutating = !cx.read;
@@ -914,7 +904,7 @@ impl<'a> Scan<'a> {
             }
             words.extend(field_words);
         }
-        let creating = lex.body.create_verbs.find(&words, false).is_some();
+        let creating = lex.body.create_verbs.find(&words).is_some();
         let mut cx = BodyCx::new(lex, Method::Post, &words, creating, true);
         cx.mutating = doc.mutation;
         cx.read = !doc.mutation;
@@ -941,7 +931,7 @@ impl<'a> Scan<'a> {
             for (key, value) in args {
                 let Some(value) = value.as_str() else { continue };
                 let key_words = text::words(key, lex);
-                if lex.body.verb_keys.whole(&key_words, false) && !looks_like_command(value) {
+                if lex.body.roles(&key_words).has(Roles::VERB) && !looks_like_command(value) {
                     words.extend(text::words(value, lex));
                     merged.push(key.clone());
                 }
@@ -949,11 +939,11 @@ impl<'a> Scan<'a> {
         }
 
         let summary = self.operation(&words, Place::Tool);
-        let creating = lex.body.create_verbs.find(&words, false).is_some();
+        let creating = lex.body.create_verbs.find(&words).is_some();
         let mut cx = BodyCx::new(lex, Method::Post, &words, creating, true);
         cx.read |= summary.read && !summary.write && !summary.destructive;
         cx.mutating = !cx.read;
-        cx.shell_tool = lex.shell_tools.find(&name_words, false).is_some();
+        cx.shell_tool = lex.shell_tools.find(&name_words).is_some();
         cx.skip_top = merged;
 
         if let Some(info) = info {
@@ -984,11 +974,18 @@ impl<'a> Scan<'a> {
             // destructive and open-world; alone it is too weak to hold on.
             self.push("mcp.default_hints", Place::Annotation, "no annotations", Kind::Note);
         }
-        if let Some(description) = &info.description {
-            let words = text::words(description, self.lex);
-            if let Some(found) = self.lex.description_phrases.find(&words, false) {
-                let matched = words[found.start..found.start + found.len].join(" ");
-                self.destructive(rule::DESCRIPTION, Place::Description, &matched, Strength::Hint);
+        if let (Some(description), Some(phrases)) =
+            (&info.description, &self.lex.description_phrases)
+        {
+            let whole_word = |m: &aho_corasick::Match| {
+                let before = description[..m.start()].chars().next_back();
+                let after = description[m.end()..].chars().next();
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
+            };
+            if let Some(m) = phrases.find_iter(description.as_str()).find(whole_word) {
+                let matched = &description[m.start()..m.end()];
+                self.destructive(rule::DESCRIPTION, Place::Description, matched, Strength::Hint);
             }
         }
     }
@@ -1054,90 +1051,67 @@ impl<'a> Scan<'a> {
     /// One key of a body and its value.
     fn key(&mut self, key: &str, value: &Value, depth: usize, cx: &BodyCx, nested: usize) {
         let lex = self.lex;
-        let b = &lex.body;
-        if b.overwrite_operators.contains(key) {
+        if lex.body.overwrite_operators.contains(key) {
             self.destructive(rule::OVERWRITE_OP, Place::Body, key, Strength::Strong);
         }
-        let k = text::words(key, lex);
-        if k.is_empty() || b.data_keys.whole(&k, false) {
+        let words = text::words(key, lex);
+        let roles = lex.body.roles(&words);
+        if words.is_empty() || roles.has(Roles::DATA) {
             return;
         }
-        if b.dry_run_keys.whole(&k, false) {
+        if roles.has(Roles::DRY_RUN) {
             if is_true(value) {
                 self.push("body.dry_run", Place::Body, key, Kind::DryRun);
             }
             return;
         }
-        if b.selector_keys.whole(&k, false) {
-            self.selector = true;
-        }
-        let protection = b.protections.find(&k, false).is_some();
+        self.selector |= roles.has(Roles::SELECTOR);
+        let changes = cx.mutating;
+        let weakens = changes && roles.has(Roles::PROTECTION);
+        let strong = |scan: &mut Self, rule: CodeRule, shown: &str| {
+            scan.destructive(rule, Place::Body, &format!("{key}: {shown}"), Strength::Strong);
+        };
 
         match value {
-            Value::String(s) => self.string_key(key, &k, s, cx, nested),
+            Value::String(s) => self.string_key(key, &words, roles, s, cx, nested),
             Value::Bool(true) => {
-                if b.state_flags.find(&k, false).is_some() && cx.mutating {
+                if changes && roles.has(Roles::STATE_FLAG) {
                     self.option(key, Place::Body, rule::FLAG);
                 }
-                if b.public_flags.whole(&k, false) && cx.mutating && !cx.creating {
-                    self.destructive(rule::EXPOSE, Place::Body, key, Strength::Strong);
+                if changes && !cx.creating && roles.has(Roles::PUBLIC_FLAG) {
+                    strong(self, rule::EXPOSE, "true");
                 }
-                if b.access_keys.whole(&k, false) && cx.mutating {
+                if changes && roles.has(Roles::ACCESS) {
                     self.destructive(rule::ACCESS_FIELD, Place::Body, key, Strength::Moderate);
                 }
             }
             Value::Bool(false) => {
-                if protection && cx.mutating {
-                    self.destructive(
-                        rule::WEAKEN,
-                        Place::Body,
-                        &format!("{key}: false"),
-                        Strength::Strong,
-                    );
+                if weakens {
+                    strong(self, rule::WEAKEN, "false");
                 }
-                if b.private_flags.whole(&k, false) && cx.mutating && !cx.creating {
-                    self.destructive(
-                        rule::EXPOSE,
-                        Place::Body,
-                        &format!("{key}: false"),
-                        Strength::Strong,
-                    );
+                if changes && !cx.creating && roles.has(Roles::PRIVATE_FLAG) {
+                    strong(self, rule::EXPOSE, "false");
                 }
             }
-            Value::Number(n) => {
-                let zero = n.as_f64() == Some(0.0);
-                if zero && cx.mutating && b.scale_keys.whole(&k, false) {
-                    self.destructive(
-                        rule::SCALE_ZERO,
-                        Place::Body,
-                        &format!("{key}: 0"),
-                        Strength::Strong,
-                    );
+            Value::Number(n) if n.as_f64() == Some(0.0) => {
+                if changes && roles.has(Roles::SCALE) {
+                    strong(self, rule::SCALE_ZERO, "0");
                 }
-                if zero && cx.mutating && protection {
-                    self.destructive(
-                        rule::WEAKEN,
-                        Place::Body,
-                        &format!("{key}: 0"),
-                        Strength::Strong,
-                    );
+                if weakens {
+                    strong(self, rule::WEAKEN, "0");
                 }
             }
+            Value::Number(_) => {}
             Value::Null => {
-                if protection && cx.mutating {
-                    self.destructive(
-                        rule::WEAKEN,
-                        Place::Body,
-                        &format!("{key}: null"),
-                        Strength::Strong,
-                    );
+                if weakens {
+                    strong(self, rule::WEAKEN, "null");
                 }
             }
             Value::Object(_) | Value::Array(_) => {
-                if b.access_keys.whole(&k, false) && cx.mutating {
+                if changes && roles.has(Roles::ACCESS) {
                     self.destructive(rule::ACCESS_FIELD, Place::Body, key, Strength::Moderate);
                 }
-                if b.command_keys.whole(&k, false)
+                if roles.has(Roles::COMMAND)
                     && let Some(line) = command_line(value)
                 {
                     self.shell(&line, cx, nested);
@@ -1147,74 +1121,63 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn string_key(&mut self, key: &str, k: &[String], s: &str, cx: &BodyCx, nested: usize) {
+    /// A key whose value is text: mostly data, unless the key gives it a
+    /// meaning (an operation, SQL, a command, a setting).
+    fn string_key(
+        &mut self,
+        key: &str,
+        words: &[String],
+        roles: Roles,
+        s: &str,
+        cx: &BodyCx,
+        nested: usize,
+    ) {
         let lex = self.lex;
-        let b = &lex.body;
-        if b.verb_keys.whole(k, false) && !looks_like_command(s) {
-            let words = text::words(s, lex);
-            self.operation_verbs(&words, Place::Body);
+        if roles.has(Roles::VERB) && !looks_like_command(s) {
+            let verbs = text::words(s, lex);
+            self.operation_verbs(&verbs, Place::Body);
         }
-        let sql_key = b.sql_keys.whole(k, false);
-        let search_text = k == ["query"] && cx.search;
-        if sql_key && !search_text && sql::looks_like_sql(s) {
+        let search_text = words == ["query"] && cx.search;
+        if roles.has(Roles::SQL) && !search_text && sql::looks_like_sql(s) {
             self.sql(s);
-        } else if b.command_keys.whole(k, false) && looks_like_command(s) {
+        } else if roles.has(Roles::COMMAND) && looks_like_command(s) {
             self.shell(s, cx, nested);
         }
-        if cx.mutating {
-            if b.exposure_keys.whole(k, false)
-                && !cx.creating
-                && b.public_values.whole(&text::words(s, lex), false)
-            {
-                self.destructive(
-                    rule::EXPOSE,
-                    Place::Body,
-                    &format!("{key}: {s}"),
-                    Strength::Strong,
-                );
+        if !cx.mutating {
+            return;
+        }
+
+        let shown = format!("{key}: {s}");
+        let b = &lex.body;
+        let exposes = roles.has(Roles::EXPOSURE)
+            && !cx.creating
+            && b.public_values.whole(&text::words(s, lex));
+        let checks = [
+            (exposes, rule::EXPOSE),
+            (roles.has(Roles::PROTECTION) && text::falsy(s), rule::WEAKEN),
+            (
+                roles.has(Roles::BRANCH) && cx.branch_write && is_shared_branch(s, lex),
+                rule::SHARED_BRANCH,
+            ),
+            (roles.has(Roles::DESTINATION) && cx.export && is_external(s), rule::EXFILTRATE),
+        ];
+        for (fires, rule) in checks {
+            if fires {
+                self.destructive(rule, Place::Body, &shown, Strength::Strong);
             }
-            if b.protections.find(k, false).is_some() && text::falsy(s) {
-                self.destructive(
-                    rule::WEAKEN,
-                    Place::Body,
-                    &format!("{key}: {s}"),
-                    Strength::Strong,
-                );
-            }
-            if b.branch_keys.whole(k, false) && cx.branch_write && is_shared_branch(s, lex) {
-                self.destructive(
-                    rule::SHARED_BRANCH,
-                    Place::Body,
-                    &format!("{key}: {s}"),
-                    Strength::Strong,
-                );
-            }
-            if b.destination_keys.whole(k, false) && cx.export && is_external(s) {
-                self.destructive(
-                    rule::EXFILTRATE,
-                    Place::Body,
-                    &format!("{key}: {s}"),
-                    Strength::Strong,
-                );
-            }
-            if b.access_keys.whole(k, false) {
-                self.destructive(
-                    rule::ACCESS_FIELD,
-                    Place::Body,
-                    &format!("{key}: {s}"),
-                    Strength::Moderate,
-                );
-            }
-            if b.state_flags.find(k, false).is_some() && text::truthy(s) {
-                self.option(key, Place::Body, rule::FLAG);
-            }
+        }
+        if roles.has(Roles::ACCESS) {
+            self.destructive(rule::ACCESS_FIELD, Place::Body, &shown, Strength::Moderate);
+        }
+        if roles.has(Roles::STATE_FLAG) && text::truthy(s) {
+            self.option(key, Place::Body, rule::FLAG);
         }
     }
 
     fn nested_request(&mut self, method: &str, target: &str, nested: usize) {
         let method = Method::of(method);
         let (path, query) = split_target(target);
-        let path = PathView::parse(path, self.lex);
+        let path = PathView::parse(path, self.lex, method.changes());
         let query = query.map(text::query_pairs).unwrap_or_default();
         self.request(method, &path, &query, false, Place::Body, nested);
     }
@@ -1256,7 +1219,7 @@ impl<'a> Scan<'a> {
                 }
             }
             let words = text::words(&finding.matched, self.lex);
-            if self.lex.deny.find(&words, false).is_some() {
+            if self.lex.deny.find(&words).is_some() {
                 self.push("deny.phrase", Place::Body, &finding.matched, Kind::Deny);
             }
         }
@@ -1291,7 +1254,7 @@ impl<'a> Scan<'a> {
                 ShellEffect::Sql(text) => self.sql(&text),
             }
             let words = text::words(m, self.lex);
-            if self.lex.deny.find(&words, false).is_some() {
+            if self.lex.deny.find(&words).is_some() {
                 self.push("deny.phrase", Place::Body, m, Kind::Deny);
             }
         }
@@ -1329,6 +1292,7 @@ fn objects_of(
     tokens: &[String],
     start: usize,
     len: usize,
+    lex: &Lexicon,
 ) -> Vec<String> {
     let mut objects: Vec<String> = tokens
         .iter()
@@ -1336,7 +1300,7 @@ fn objects_of(
         .filter(|(k, _)| *k < start || *k >= start + len)
         .map(|(_, t)| t.clone())
         .collect();
-    path.objects_before(index, 2, &mut objects);
+    path.objects_before(index, 2, lex, &mut objects);
     objects
 }
 
@@ -1348,7 +1312,7 @@ fn soft_target(path: &PathView, lex: &Lexicon) -> Option<String> {
     let is_soft = |i: usize| {
         segments.get(i).is_some_and(|s| {
             s.kind == text::SegmentKind::Literal
-                && (lex.soft.whole(&s.tokens, false) || lex.path_soft.whole(&s.tokens, false))
+                && (lex.soft.whole(&s.tokens) || lex.path_soft.whole(&s.tokens))
         })
     };
     // The relation is last, or followed by the key of one link
@@ -1369,6 +1333,9 @@ fn soft_target(path: &PathView, lex: &Lexicon) -> Option<String> {
 
 /// `{"method": "DELETE", "path": "/users/2"}`: a request inside a body.
 fn nested_request<'j>(map: &'j Map<String, Value>, lex: &Lexicon) -> Option<(&'j str, &'j str)> {
+    if !map.values().any(|v| v.as_str().and_then(text::http_method).is_some()) {
+        return None;
+    }
     let mut method = None;
     let mut target = None;
     for (key, value) in map {
@@ -1378,7 +1345,7 @@ fn nested_request<'j>(map: &'j Map<String, Value>, lex: &Lexicon) -> Option<(&'j
             .filter(|_| matches!(k.last().map(String::as_str), Some("method" | "verb")))
         {
             method = Some(m);
-        } else if lex.body.url_keys.whole(&k, false) {
+        } else if lex.body.roles(&k).has(Roles::URL) {
             target = Some(s);
         }
     }
@@ -1414,7 +1381,7 @@ fn is_true(value: &Value) -> bool {
 fn is_shared_branch(value: &str, lex: &Lexicon) -> bool {
     let name = value.trim().trim_start_matches("refs/heads/");
     let name = name.strip_prefix("origin/").unwrap_or(name);
-    lex.body.protected_branches.whole(&[name.to_lowercase()], false)
+    lex.body.protected_branches.whole(&[name.to_lowercase()])
 }
 
 /// A URL or bucket outside the API: `s3://bucket/x`, `https://host/x`.
@@ -1464,39 +1431,80 @@ fn clip(text: &str) -> String {
 // ---------------------------------------------------------------------------
 // The decision.
 
-fn decide(findings: &[Finding<'_>]) -> Assessment {
-    let trusted_read =
-        findings.iter().any(|f| matches!(f.kind, Kind::Read) && f.place.names_operation());
-    let any_read = findings.iter().any(|f| matches!(f.kind, Kind::Read));
-    let any_write = findings.iter().any(|f| matches!(f.kind, Kind::Write));
-    let dry_run = findings.iter().any(|f| matches!(f.kind, Kind::DryRun));
+fn decide(findings: Vec<Finding<'_>>) -> Assessment {
+    let w = Weighing::of(&findings);
+    let (verdict, risk, confidence, rationale) = if let Some(i) = w.denied {
+        let rationale =
+            format!("Denied: `{}` is on the rule table's deny list.", findings[i].matched);
+        (Verdict::Deny, Risk::Critical, 0.95, rationale)
+    } else if !w.standing.is_empty() {
+        w.hold(&findings)
+    } else {
+        w.allow(&findings)
+    };
 
-    let mut standing = Vec::new();
-    let mut set_aside = Vec::new();
-    for f in findings {
-        let Kind::Destructive { strength, .. } = f.kind else { continue };
-        let excused = (dry_run && f.place == Place::Body)
-            || match strength {
-                Strength::Strong => false,
-                Strength::Moderate => trusted_read,
-                Strength::Hint => any_read || any_write,
-            };
-        if excused {
-            set_aside.push(f);
-        } else {
-            standing.push(f);
+    let mut assessment = Assessment::new(CLASSIFIER, verdict, risk, confidence, rationale);
+    assessment.markers = findings
+        .into_iter()
+        .map(|f| Marker {
+            rule: f.rule.to_owned(),
+            location: f.place.as_str().to_owned(),
+            matched: f.matched,
+        })
+        .collect();
+    assessment
+}
+
+/// The findings sorted into those that stand and those set aside.
+#[derive(Debug, Default)]
+struct Weighing {
+    /// The operation itself says it only reads.
+    trusted_read: bool,
+    any_read: bool,
+    any_write: bool,
+    dry_run: bool,
+    /// Indices of destructive findings that stand.
+    standing: Vec<usize>,
+    /// Indices of destructive findings outweighed.
+    set_aside: Vec<usize>,
+    /// Index of the first deny finding.
+    denied: Option<usize>,
+}
+
+impl Weighing {
+    fn of(findings: &[Finding<'_>]) -> Self {
+        let mut w = Weighing::default();
+        for f in findings {
+            match f.kind {
+                Kind::Read => {
+                    w.any_read = true;
+                    w.trusted_read |= f.place.names_operation();
+                }
+                Kind::Write => w.any_write = true,
+                Kind::DryRun => w.dry_run = true,
+                _ => {}
+            }
         }
+        for (i, f) in findings.iter().enumerate() {
+            match f.kind {
+                Kind::Deny if w.denied.is_none() => w.denied = Some(i),
+                Kind::Destructive { strength, .. } => {
+                    let excused = (w.dry_run && f.place == Place::Body)
+                        || match strength {
+                            Strength::Strong => false,
+                            Strength::Moderate => w.trusted_read,
+                            Strength::Hint => w.any_read || w.any_write,
+                        };
+                    if excused { w.set_aside.push(i) } else { w.standing.push(i) }
+                }
+                _ => {}
+            }
+        }
+        w
     }
 
-    let markers: Vec<Marker> =
-        findings.iter().map(|f| Marker::new(f.rule, f.place.as_str(), f.matched.clone())).collect();
-    let denied: Vec<&Finding<'_>> =
-        findings.iter().filter(|f| matches!(f.kind, Kind::Deny)).collect();
-
-    let (verdict, risk, confidence, rationale) = if let Some(first) = denied.first() {
-        let rationale = format!("Denied: `{}` is on the rule table's deny list.", first.matched);
-        (Verdict::Deny, Risk::Critical, 0.95, rationale)
-    } else if !standing.is_empty() {
+    fn hold(&self, findings: &[Finding<'_>]) -> (Verdict, Risk, f32, String) {
+        let standing: Vec<&Finding<'_>> = self.standing.iter().map(|&i| &findings[i]).collect();
         let risk = standing.iter().filter_map(|f| risk_of(f)).max().unwrap_or(Risk::High);
         let strongest =
             standing.iter().filter_map(|f| strength_of(f)).max().unwrap_or(Strength::Hint);
@@ -1505,53 +1513,50 @@ fn decide(findings: &[Finding<'_>]) -> Assessment {
             Strength::Moderate => 0.75,
             Strength::Hint => 0.6,
         };
-        let confidence = base + 0.03 * (standing.len().saturating_sub(1)) as f32;
-        let mut rationale = format!("Held: {}.", describe(&standing));
-        if !set_aside.is_empty() {
-            rationale.push_str(&format!(" Also seen: {}.", describe(&set_aside)));
+        let confidence = (base + 0.03 * standing.len().saturating_sub(1) as f32).min(0.99);
+
+        let mut rationale = String::with_capacity(128);
+        let _ = write!(rationale, "Held: {}.", describe(&standing));
+        if !self.set_aside.is_empty() {
+            let aside: Vec<&Finding<'_>> = self.set_aside.iter().map(|&i| &findings[i]).collect();
+            let _ = write!(rationale, " Also seen: {}.", describe(&aside));
         }
-        (Verdict::Hold, risk, confidence.min(0.99), rationale)
-    } else {
-        let read = trusted_read && !any_write;
-        let evidence: Vec<&Finding<'_>> = findings
-            .iter()
-            .filter(
-                |f| if read { matches!(f.kind, Kind::Read) } else { matches!(f.kind, Kind::Write) },
-            )
-            .collect();
-        let mut rationale = if read {
-            String::from("Allowed as a read")
-        } else {
-            String::from("Allowed as an ordinary write")
-        };
-        if let Some(e) = evidence.first() {
-            rationale.push_str(&format!(" (`{}` in {})", e.matched, e.place.as_str()));
+        (Verdict::Hold, risk, confidence, rationale)
+    }
+
+    fn allow(&self, findings: &[Finding<'_>]) -> (Verdict, Risk, f32, String) {
+        let read = self.trusted_read && !self.any_write;
+        let evidence = findings.iter().find(|f| {
+            if read { matches!(f.kind, Kind::Read) } else { matches!(f.kind, Kind::Write) }
+        });
+
+        let mut rationale = String::with_capacity(96);
+        rationale.push_str(if read { "Allowed as a read" } else { "Allowed as an ordinary write" });
+        if let Some(e) = evidence {
+            let _ = write!(rationale, " (`{}` in {})", e.matched, e.place.as_str());
         }
         rationale.push_str("; nothing destructive found.");
-        let mut confidence: f32 = match (read, evidence.is_empty()) {
+        let mut confidence: f32 = match (read, evidence.is_none()) {
             (true, _) => 0.9,
             (false, false) => 0.8,
             (false, true) => 0.65,
         };
-        if !set_aside.is_empty() {
-            let why = if dry_run {
+
+        if !self.set_aside.is_empty() {
+            let why = if self.dry_run {
                 "a dry run"
-            } else if trusted_read {
+            } else if self.trusted_read {
                 "an explicit read"
             } else {
                 "an explicit ordinary change"
             };
-            rationale
-                .push_str(&format!(" Set aside as outweighed by {why}: {}.", describe(&set_aside)));
+            let aside: Vec<&Finding<'_>> = self.set_aside.iter().map(|&i| &findings[i]).collect();
+            let _ = write!(rationale, " Set aside as outweighed by {why}: {}.", describe(&aside));
             confidence -= 0.15;
         }
         let risk = if read { Risk::Low } else { Risk::Medium };
         (Verdict::Allow, risk, confidence, rationale)
-    };
-
-    let mut assessment = Assessment::new(CLASSIFIER, verdict, risk, confidence, rationale);
-    assessment.markers = markers;
-    assessment
+    }
 }
 
 fn risk_of(f: &Finding<'_>) -> Option<Risk> {

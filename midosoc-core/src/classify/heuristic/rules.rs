@@ -6,9 +6,9 @@
 //! lower-case tokens and indexed by its first token, so that a lookup is a
 //! hash probe and no text is parsed per request.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use foldhash::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
@@ -459,34 +459,76 @@ pub(super) struct NounSense {
     pub(super) scope: NounScope,
 }
 
+/// What a body key may mean. One key may have several roles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Roles(u32);
+
+impl Roles {
+    pub(super) const VERB: Roles = Roles(1);
+    pub(super) const SQL: Roles = Roles(1 << 1);
+    pub(super) const COMMAND: Roles = Roles(1 << 2);
+    pub(super) const URL: Roles = Roles(1 << 3);
+    pub(super) const DATA: Roles = Roles(1 << 4);
+    pub(super) const DRY_RUN: Roles = Roles(1 << 5);
+    pub(super) const EXPOSURE: Roles = Roles(1 << 6);
+    pub(super) const PUBLIC_FLAG: Roles = Roles(1 << 7);
+    pub(super) const PRIVATE_FLAG: Roles = Roles(1 << 8);
+    pub(super) const ACCESS: Roles = Roles(1 << 9);
+    pub(super) const BRANCH: Roles = Roles(1 << 10);
+    pub(super) const DESTINATION: Roles = Roles(1 << 11);
+    pub(super) const SCALE: Roles = Roles(1 << 12);
+    pub(super) const SELECTOR: Roles = Roles(1 << 13);
+    /// A word of the key marks a destructive option (`force`, `revoke_old`).
+    pub(super) const STATE_FLAG: Roles = Roles(1 << 14);
+    /// A word of the key names a protection (`audit_logging`).
+    pub(super) const PROTECTION: Roles = Roles(1 << 15);
+
+    /// Whether every role of `other` is among these.
+    pub(super) fn has(self, other: Roles) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    fn add(&mut self, other: Roles) {
+        self.0 |= other.0;
+    }
+}
+
 /// Word lists of the body rules, compiled.
 #[derive(Debug, Default)]
 pub(super) struct BodyLexicon {
-    pub(super) verb_keys: PhraseMap<()>,
-    pub(super) sql_keys: PhraseMap<()>,
-    pub(super) command_keys: PhraseMap<()>,
-    pub(super) url_keys: PhraseMap<()>,
-    pub(super) data_keys: PhraseMap<()>,
-    pub(super) dry_run_keys: PhraseMap<()>,
-    pub(super) state_flags: PhraseMap<()>,
-    pub(super) protections: PhraseMap<()>,
-    pub(super) exposure_keys: PhraseMap<()>,
+    /// A whole key, its words joined by spaces → its roles.
+    keys: HashMap<Box<str>, Roles>,
+    /// Words found anywhere in a key → roles (state flags, protections).
+    key_words: PhraseMap<Roles>,
     pub(super) public_values: PhraseMap<()>,
-    pub(super) public_flags: PhraseMap<()>,
-    pub(super) private_flags: PhraseMap<()>,
-    pub(super) access_keys: PhraseMap<()>,
-    pub(super) branch_keys: PhraseMap<()>,
     pub(super) protected_branches: PhraseMap<()>,
     pub(super) branch_write_verbs: PhraseMap<()>,
-    pub(super) destination_keys: PhraseMap<()>,
     pub(super) export_verbs: PhraseMap<()>,
-    pub(super) scale_keys: PhraseMap<()>,
     pub(super) overwrite_operators: HashSet<Box<str>>,
-    pub(super) selector_keys: PhraseMap<()>,
     pub(super) bulk_words: PhraseMap<()>,
     pub(super) update_verbs: PhraseMap<()>,
     pub(super) create_verbs: PhraseMap<()>,
     pub(super) search_verbs: PhraseMap<()>,
+}
+
+impl BodyLexicon {
+    /// The roles of a key, given its words.
+    pub(super) fn roles<S: AsRef<str>>(&self, words: &[S]) -> Roles {
+        let mut roles = match words {
+            [] => Roles::default(),
+            [one] => self.keys.get(one.as_ref()).copied().unwrap_or_default(),
+            many => {
+                let joined = many.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ");
+                self.keys.get(joined.as_str()).copied().unwrap_or_default()
+            }
+        };
+        for i in 0..words.len() {
+            if let Some(found) = self.key_words.at(words, i) {
+                roles.add(*found.value);
+            }
+        }
+        roles
+    }
 }
 
 /// Shell rules, compiled. Program names are kept as written, lower-cased.
@@ -510,7 +552,7 @@ pub(super) struct Lexicon {
     pub(super) noun_groups: Vec<NounSense>,
     /// Verb → its group; matched as written.
     pub(super) verbs: PhraseMap<usize>,
-    /// Noun → its groups; matched singular or plural.
+    /// Noun → its groups; each noun is also entered in its plural forms.
     pub(super) nouns: PhraseMap<Vec<usize>>,
     pub(super) soft: PhraseMap<()>,
     pub(super) path_soft: PhraseMap<()>,
@@ -521,7 +563,8 @@ pub(super) struct Lexicon {
     pub(super) shell_tools: PhraseMap<()>,
     /// Where an `exec` tool runs: a remote target makes it more than a hint.
     pub(super) remote_targets: PhraseMap<()>,
-    pub(super) description_phrases: PhraseMap<()>,
+    /// Phrases of a tool description, matched in one pass over its text.
+    pub(super) description_phrases: Option<AhoCorasick>,
     pub(super) deny: PhraseMap<()>,
     /// The group of `delete`: its verbs only unlink a soft relation.
     pub(super) erase_group: Option<usize>,
@@ -530,6 +573,8 @@ pub(super) struct Lexicon {
     pub(super) exec_group: Option<usize>,
     /// Every word of the table, for cutting compounds like `deleterange`.
     known: HashSet<Box<str>>,
+    /// First three letters of every verb: a compound starts with one.
+    verb_prefixes: HashSet<[u8; 3]>,
 }
 
 impl Lexicon {
@@ -561,9 +606,9 @@ impl Lexicon {
             let only = if group.only_objects.is_empty() {
                 None
             } else {
-                Some(set(&mut known, &key, "only_objects", &group.only_objects)?)
+                Some(nouns_set(&mut known, &key, "only_objects", &group.only_objects)?)
             };
-            let unless = set(&mut known, &key, "unless_objects", &group.unless_objects)?;
+            let unless = nouns_set(&mut known, &key, "unless_objects", &group.unless_objects)?;
             verb_groups.push(VerbSense {
                 rule: format!("verb.{name}"),
                 label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
@@ -581,13 +626,14 @@ impl Lexicon {
             let key = format!("nouns.{name}");
             let index = noun_groups.len();
             for word in &group.words {
-                let phrase = phrase(&key, "words", word)?;
-                remember(&mut known, &phrase);
-                nouns.insert_with(phrase, |groups| {
-                    if !groups.contains(&index) {
-                        groups.push(index);
-                    }
-                });
+                for form in with_plurals(phrase(&key, "words", word)?) {
+                    remember(&mut known, &form);
+                    nouns.insert_with(form, |groups| {
+                        if !groups.contains(&index) {
+                            groups.push(index);
+                        }
+                    });
+                }
             }
             noun_groups.push(NounSense {
                 rule: format!("noun.{name}"),
@@ -603,11 +649,16 @@ impl Lexicon {
         let body = compile_body(&table.body, &mut known)?;
         let shell = compile_shell(&table.shell)?;
         let shell_tools = set(&mut known, "mcp", "shell_tools", &table.mcp.shell_tools)?;
-        let remote_targets = set(&mut known, "mcp", "remote_targets", &table.mcp.remote_targets)?;
-        let description_phrases =
-            set(&mut known, "mcp", "description_phrases", &table.mcp.description_phrases)?;
+        let remote_targets =
+            nouns_set(&mut known, "mcp", "remote_targets", &table.mcp.remote_targets)?;
+        let description_phrases = description_automaton(&table.mcp.description_phrases)?;
         let deny = set(&mut known, "deny", "phrases", &table.deny.phrases)?;
 
+        let verb_prefixes = verbs
+            .entries
+            .keys()
+            .filter_map(|w| w.as_bytes().get(..3).and_then(|p| <[u8; 3]>::try_from(p).ok()))
+            .collect();
         let erase_group = verbs.word("delete").copied();
         let exec_group = verbs.word("exec").copied();
         Ok(Self {
@@ -628,6 +679,7 @@ impl Lexicon {
             description_phrases,
             deny,
             known,
+            verb_prefixes,
         })
     }
 
@@ -635,7 +687,14 @@ impl Lexicon {
     /// plural.
     pub(super) fn is_known(&self, word: &str) -> bool {
         self.known.contains(word)
-            || singulars(word).iter().flatten().any(|s| self.known.contains(&**s))
+    }
+
+    /// Whether a word could start with a verb of the table.
+    pub(super) fn may_start_with_verb(&self, word: &str) -> bool {
+        word.as_bytes()
+            .get(..3)
+            .and_then(|p| <[u8; 3]>::try_from(p).ok())
+            .is_some_and(|p| self.verb_prefixes.contains(&p))
     }
 
     /// The verb group a single word belongs to.
@@ -648,29 +707,52 @@ fn compile_body(
     b: &BodyRules,
     known: &mut HashSet<Box<str>>,
 ) -> Result<BodyLexicon, RuleTableError> {
+    let whole: [(&str, &[String], Roles); 13] = [
+        ("verb_keys", &b.verb_keys, Roles::VERB),
+        ("sql_keys", &b.sql_keys, Roles::SQL),
+        ("command_keys", &b.command_keys, Roles::COMMAND),
+        ("url_keys", &b.url_keys, Roles::URL),
+        ("data_keys", &b.data_keys, Roles::DATA),
+        ("dry_run_keys", &b.dry_run_keys, Roles::DRY_RUN),
+        ("exposure_keys", &b.exposure_keys, Roles::EXPOSURE),
+        ("public_flags", &b.public_flags, Roles::PUBLIC_FLAG),
+        ("private_flags", &b.private_flags, Roles::PRIVATE_FLAG),
+        ("access_keys", &b.access_keys, Roles::ACCESS),
+        ("branch_keys", &b.branch_keys, Roles::BRANCH),
+        ("destination_keys", &b.destination_keys, Roles::DESTINATION),
+        ("scale_keys", &b.scale_keys, Roles::SCALE),
+    ];
+    let mut keys: HashMap<Box<str>, Roles> = HashMap::default();
+    for (field, words, role) in
+        whole.into_iter().chain([("selector_keys", b.selector_keys.as_slice(), Roles::SELECTOR)])
+    {
+        for word in words {
+            let phrase = phrase("body", field, word)?;
+            remember(known, &phrase);
+            keys.entry(Box::from(phrase.join(" "))).or_default().add(role);
+        }
+    }
+    let mut key_words: PhraseMap<Roles> = PhraseMap::default();
+    for (field, words, role) in [
+        ("state_flags", &b.state_flags, Roles::STATE_FLAG),
+        ("protections", &b.protections, Roles::PROTECTION),
+    ] {
+        for word in words {
+            let phrase = phrase("body", field, word)?;
+            remember(known, &phrase);
+            key_words.insert_with(phrase, |roles| roles.add(role));
+        }
+    }
+
     let mut set = |field: &str, words: &[String]| set(known, "body", field, words);
     Ok(BodyLexicon {
-        verb_keys: set("verb_keys", &b.verb_keys)?,
-        sql_keys: set("sql_keys", &b.sql_keys)?,
-        command_keys: set("command_keys", &b.command_keys)?,
-        url_keys: set("url_keys", &b.url_keys)?,
-        data_keys: set("data_keys", &b.data_keys)?,
-        dry_run_keys: set("dry_run_keys", &b.dry_run_keys)?,
-        state_flags: set("state_flags", &b.state_flags)?,
-        protections: set("protections", &b.protections)?,
-        exposure_keys: set("exposure_keys", &b.exposure_keys)?,
+        keys,
+        key_words,
         public_values: set("public_values", &b.public_values)?,
-        public_flags: set("public_flags", &b.public_flags)?,
-        private_flags: set("private_flags", &b.private_flags)?,
-        access_keys: set("access_keys", &b.access_keys)?,
-        branch_keys: set("branch_keys", &b.branch_keys)?,
         protected_branches: set("protected_branches", &b.protected_branches)?,
         branch_write_verbs: set("branch_write_verbs", &b.branch_write_verbs)?,
-        destination_keys: set("destination_keys", &b.destination_keys)?,
         export_verbs: set("export_verbs", &b.export_verbs)?,
-        scale_keys: set("scale_keys", &b.scale_keys)?,
         overwrite_operators: raw_set(&b.overwrite_operators),
-        selector_keys: set("selector_keys", &b.selector_keys)?,
         bulk_words: set("bulk_words", &b.bulk_words)?,
         update_verbs: set("update_verbs", &b.update_verbs)?,
         create_verbs: set("create_verbs", &b.create_verbs)?,
@@ -711,6 +793,26 @@ fn compile_shell(s: &ShellRules) -> Result<ShellLexicon, RuleTableError> {
     })
 }
 
+/// An automaton finding the description phrases, in any case, in one pass.
+fn description_automaton(phrases: &[String]) -> Result<Option<AhoCorasick>, RuleTableError> {
+    let mut patterns = Vec::new();
+    for word in phrases {
+        patterns.push(phrase("mcp", "description_phrases", word)?.join(" "));
+    }
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let automaton = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(&patterns)
+        .map_err(|e| RuleTableError::Invalid {
+            key: "mcp.description_phrases".into(),
+            message: e.to_string(),
+        })?;
+    Ok(Some(automaton))
+}
+
 /// A word of the table as tokens, or why it is unusable.
 fn phrase(key: &str, field: &str, word: &str) -> Result<Vec<String>, RuleTableError> {
     let tokens = text::normal_tokens(word);
@@ -740,6 +842,23 @@ fn set(
         let phrase = phrase(key, field, word)?;
         remember(known, &phrase);
         map.insert(phrase, ());
+    }
+    Ok(map)
+}
+
+/// Like [`set`], for nouns: each also matches its plural.
+fn nouns_set(
+    known: &mut HashSet<Box<str>>,
+    key: &str,
+    field: &str,
+    words: &[String],
+) -> Result<PhraseMap<()>, RuleTableError> {
+    let mut map = PhraseMap::default();
+    for word in words {
+        for form in with_plurals(phrase(key, field, word)?) {
+            remember(known, &form);
+            map.insert(form, ());
+        }
     }
     Ok(map)
 }
@@ -826,83 +945,57 @@ impl<V> PhraseMap<V> {
         self.entries.get(word)?.iter().find(|(rest, _)| rest.is_empty()).map(|(_, v)| v)
     }
 
-    /// The longest phrase that starts at `tokens[at]`. With `plural`, the
-    /// phrase's last word also matches its plural.
-    pub(super) fn at<S: AsRef<str>>(
-        &self,
-        tokens: &[S],
-        at: usize,
-        plural: bool,
-    ) -> Option<Found<'_, V>> {
-        let first = tokens.get(at)?.as_ref();
+    /// The longest phrase that starts at `tokens[at]`.
+    pub(super) fn at<S: AsRef<str>>(&self, tokens: &[S], at: usize) -> Option<Found<'_, V>> {
+        let list = self.entries.get(tokens.get(at)?.as_ref())?;
         let following = tokens.get(at + 1..).unwrap_or(&[]);
-        let singular = if plural { singulars(first) } else { [None, None, None] };
-        let keys = std::iter::once((first, true))
-            .chain(singular.iter().flatten().map(|s| (s.as_ref(), false)));
-
-        let mut best: Option<Found<'_, V>> = None;
-        for (key, exact) in keys {
-            let Some(list) = self.entries.get(key) else { continue };
-            for (rest, value) in list {
-                let fits = if rest.is_empty() {
-                    exact || plural
-                } else {
-                    exact && rest_matches(rest, following, plural)
-                };
-                let len = rest.len() + 1;
-                if fits && best.is_none_or(|b| b.len < len) {
-                    best = Some(Found { value, start: at, len });
-                }
-            }
-        }
-        best
+        // Longest first: the first that fits is the longest.
+        list.iter().find(|(rest, _)| rest_matches(rest, following)).map(|(rest, value)| Found {
+            value,
+            start: at,
+            len: rest.len() + 1,
+        })
     }
 
     /// The first phrase found anywhere in `tokens`.
-    pub(super) fn find<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> Option<Found<'_, V>> {
-        (0..tokens.len()).find_map(|i| self.at(tokens, i, plural))
+    pub(super) fn find<S: AsRef<str>>(&self, tokens: &[S]) -> Option<Found<'_, V>> {
+        (0..tokens.len()).find_map(|i| self.at(tokens, i))
     }
 
     /// The phrase that ends `tokens`, longest first.
-    pub(super) fn suffix<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> Option<Found<'_, V>> {
+    pub(super) fn suffix<S: AsRef<str>>(&self, tokens: &[S]) -> Option<Found<'_, V>> {
         let n = tokens.len();
         (1..=n.min(MAX_PHRASE_WORDS))
             .rev()
-            .find_map(|len| self.at(tokens, n - len, plural).filter(|f| f.len == len))
+            .find_map(|len| self.at(tokens, n - len).filter(|f| f.len == len))
     }
 
     /// Whether `tokens` is exactly one phrase of the map.
-    pub(super) fn whole<S: AsRef<str>>(&self, tokens: &[S], plural: bool) -> bool {
-        !tokens.is_empty() && self.at(tokens, 0, plural).is_some_and(|f| f.len == tokens.len())
+    pub(super) fn whole<S: AsRef<str>>(&self, tokens: &[S]) -> bool {
+        !tokens.is_empty() && self.at(tokens, 0).is_some_and(|f| f.len == tokens.len())
     }
 }
 
-fn rest_matches<S: AsRef<str>>(rest: &[Box<str>], tokens: &[S], plural: bool) -> bool {
-    if tokens.len() < rest.len() {
-        return false;
+fn rest_matches<S: AsRef<str>>(rest: &[Box<str>], tokens: &[S]) -> bool {
+    tokens.len() >= rest.len() && rest.iter().zip(tokens).all(|(want, got)| **want == *got.as_ref())
+}
+
+/// A phrase and the same phrase with its last word in the plural forms
+/// English may give it: `policy` also gives `policys`, `policyes` and
+/// `policies`, so that a lookup needs no guessing at run time.
+fn with_plurals(phrase: Vec<String>) -> Vec<Vec<String>> {
+    let mut all = vec![phrase.clone()];
+    let Some(last) = phrase.last() else { return all };
+    let mut forms = vec![format!("{last}s"), format!("{last}es")];
+    if let Some(stem) = last.strip_suffix('y') {
+        forms.push(format!("{stem}ies"));
     }
-    rest.iter().zip(tokens).enumerate().all(|(i, (want, got))| {
-        let got = got.as_ref();
-        if **want == *got {
-            return true;
+    for form in forms {
+        let mut variant = phrase.clone();
+        if let Some(end) = variant.last_mut() {
+            *end = form;
         }
-        plural && i + 1 == rest.len() && singulars(got).iter().flatten().any(|s| **want == **s)
-    })
-}
-
-/// The singular forms a plural English noun may have: `policies` gives
-/// `policy`, `caches` gives `cach` and `cache`, `keys` gives `key`.
-pub(super) fn singulars(word: &str) -> [Option<Cow<'_, str>>; 3] {
-    let mut out = [None, None, None];
-    if word.len() < 3 || !word.ends_with('s') || word.ends_with("ss") {
-        return out;
+        all.push(variant);
     }
-    if let Some(stem) = word.strip_suffix("ies") {
-        out[0] = Some(Cow::Owned(format!("{stem}y")));
-    }
-    if let Some(stem) = word.strip_suffix("es") {
-        out[1] = Some(Cow::Borrowed(stem));
-    }
-    out[2] = word.strip_suffix('s').map(Cow::Borrowed);
-    out
+    all
 }

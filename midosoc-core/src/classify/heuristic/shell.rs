@@ -199,7 +199,7 @@ fn simple_command(command: &Command, lex: &Lexicon, nesting: usize, out: &mut Ve
     for arg in args.iter().filter(|a| a.starts_with('-') && a.len() > 1) {
         for word in option_words(arg, &program, lex) {
             let tokens = text::words(&word, lex);
-            if lex.body.state_flags.find(&tokens, false).is_some()
+            if lex.body.roles(&tokens).has(super::rules::Roles::STATE_FLAG)
                 || lex.verb_of(&word).is_some_and(|g| is_destructive(lex, g))
             {
                 push(ShellEffect::Destructive(word));
@@ -255,7 +255,7 @@ fn subcommands(args: &[String], lex: &Lexicon, push: &mut impl FnMut(ShellEffect
             return;
         }
         let tokens = text::words(arg, lex);
-        let Some(found) = lex.verbs.at(&tokens, 0, false) else { continue };
+        let Some(found) = lex.verbs.at(&tokens, 0) else { continue };
         let group = &lex.verb_groups[*found.value];
         match group.effect {
             super::rules::Effect::Read => push(ShellEffect::Read),
@@ -266,9 +266,8 @@ fn subcommands(args: &[String], lex: &Lexicon, push: &mut impl FnMut(ShellEffect
                     .flat_map(|a| text::words(a, lex))
                     .filter(|t| !tokens.contains(t))
                     .collect();
-                let limited =
-                    group.only.as_ref().is_some_and(|only| only.find(&objects, true).is_none())
-                        || group.unless.find(&objects, true).is_some();
+                let limited = group.only.as_ref().is_some_and(|only| only.find(&objects).is_none())
+                    || group.unless.find(&objects).is_some();
                 if limited {
                     push(ShellEffect::Write);
                 } else {

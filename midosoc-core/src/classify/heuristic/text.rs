@@ -39,28 +39,27 @@ pub(super) fn normal_form(word: &str) -> String {
 /// ASCII letters with other scripts, as look-alike spellings do.
 pub(super) fn words_into(text: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
     let text = bounded(text);
-    let mut mixed = false;
-    let mut run = String::new();
-    for c in text.chars() {
-        if is_invisible(c) {
-            continue;
-        }
-        if c.is_alphanumeric() {
-            run.push(c);
-        } else if !run.is_empty() {
-            mixed |= flush(&run, lex, out);
-            run.clear();
-        }
+    // SECURITY: invisible characters would split `de\u{200b}lete` in two;
+    // they are removed first, so the word is read whole.
+    if text.chars().any(is_invisible) {
+        let visible: String = text.chars().filter(|c| !is_invisible(*c)).collect();
+        return runs_into(&visible, lex, out);
     }
-    if !run.is_empty() {
-        mixed |= flush(&run, lex, out);
+    runs_into(text, lex, out)
+}
+
+/// Cuts `text` at every character that is not a letter or digit.
+fn runs_into(text: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
+    let mut mixed = false;
+    for run in text.split(|c: char| !c.is_alphanumeric()).filter(|r| !r.is_empty()) {
+        mixed |= flush(run, lex, out);
     }
     mixed
 }
 
 /// The words of `text` as a new list.
 pub(super) fn words(text: &str, lex: &Lexicon) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(4);
     words_into(text, lex, &mut out);
     out
 }
@@ -102,15 +101,17 @@ fn is_invisible(c: char) -> bool {
 fn flush(run: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
     let mixed = !run.is_ascii() && run.chars().any(|c| c.is_ascii_alphabetic());
     let lower = run.to_lowercase();
-    if !has_humps(run) || lex.is_known(&lower) {
-        push_compound(lower, lex, out);
+    let known = lex.is_known(&lower);
+    if known || !has_humps(run) {
+        push_compound(lower, known, lex, out);
     } else {
         let start = out.len();
         camel_pieces(run, out);
         // Cut compounds inside the pieces too: `requestDeleterange`.
         let pieces: Vec<String> = out.drain(start..).collect();
         for piece in pieces {
-            push_compound(piece, lex, out);
+            let known = lex.is_known(&piece);
+            push_compound(piece, known, lex, out);
         }
     }
     mixed
@@ -156,9 +157,9 @@ fn camel_pieces(run: &str, out: &mut Vec<String>) {
 
 /// Pushes `word`, cut in two when it is a verb glued to a known word, as in
 /// etcd's `deleterange` or `purgeall`.
-fn push_compound(word: String, lex: &Lexicon, out: &mut Vec<String>) {
+fn push_compound(word: String, known: bool, lex: &Lexicon, out: &mut Vec<String>) {
     const MIN_PART: usize = 3;
-    if word.len() >= 2 * MIN_PART && word.is_ascii() && !lex.is_known(&word) {
+    if !known && word.len() >= 2 * MIN_PART && word.is_ascii() && lex.may_start_with_verb(&word) {
         for cut in (MIN_PART..=word.len() - MIN_PART).rev() {
             let (head, tail) = word.split_at(cut);
             if lex.verb_of(head).is_some() && lex.is_known(tail) {
@@ -205,8 +206,11 @@ pub(super) enum SegmentKind {
 #[derive(Clone, Debug)]
 pub(super) struct Segment {
     pub(super) kind: SegmentKind,
-    /// Words, for literal segments.
+    /// Words, for literal segments that were read.
     pub(super) tokens: Vec<String>,
+    /// Where the text of a literal segment not read yet lies in
+    /// [`PathView::text`].
+    pending: Option<std::ops::Range<usize>>,
 }
 
 /// A path cut into segments. Custom methods (`/instances/x:stop`), matrix
@@ -215,15 +219,19 @@ pub(super) struct Segment {
 #[derive(Clone, Debug, Default)]
 pub(super) struct PathView {
     pub(super) segments: Vec<Segment>,
+    /// The decoded path, when segments wait to be read.
+    text: String,
     /// A word mixed scripts, as look-alike spellings do.
     pub(super) mixed_script: bool,
 }
 
 impl PathView {
-    /// Reads a path (without query).
-    pub(super) fn parse(path: &str, lex: &Lexicon) -> Self {
+    /// Reads a path (without query). With `every`, every literal segment
+    /// is cut into words; otherwise only the last, which is all a read
+    /// request needs, and the others wait in case they are asked for.
+    pub(super) fn parse(path: &str, lex: &Lexicon, every: bool) -> Self {
         let decoded = decode(path);
-        let mut raw: Vec<&str> = Vec::new();
+        let mut raw: Vec<&str> = Vec::with_capacity(8);
         for segment in decoded.split(['/', '\\']) {
             match segment {
                 "" | "." => {}
@@ -234,45 +242,49 @@ impl PathView {
             }
         }
 
-        let mut view = PathView::default();
+        let mut parts: Vec<(SegmentKind, &str)> = Vec::with_capacity(raw.len() + 2);
         for segment in raw {
             for part in segment.split([':', ';']).filter(|p| !p.is_empty()) {
-                view.push_part(part, lex, true);
+                classify(part, lex, true, &mut parts);
             }
+        }
+
+        let last = parts.iter().rposition(|(kind, _)| *kind == SegmentKind::Literal);
+        let base = decoded.as_ptr() as usize;
+        let mut view = PathView {
+            segments: Vec::with_capacity(parts.len() + 1),
+            text: String::new(),
+            mixed_script: false,
+        };
+        for (i, (kind, part)) in parts.into_iter().enumerate() {
+            let mut segment = Segment { kind, tokens: Vec::new(), pending: None };
+            if kind == SegmentKind::Literal {
+                if every || Some(i) == last {
+                    view.mixed_script |= words_into(part, lex, &mut segment.tokens);
+                } else {
+                    let start = part.as_ptr() as usize - base;
+                    segment.pending = Some(start..start + part.len());
+                }
+            }
+            view.segments.push(segment);
+        }
+        if view.segments.iter().any(|s| s.pending.is_some()) {
+            view.text = decoded.into_owned();
         }
         view
     }
 
-    fn push_part(&mut self, part: &str, lex: &Lexicon, split_dots: bool) {
-        let lower = part.to_lowercase();
-        let kind = if lex.id_aliases.contains(lower.as_str()) || is_file_like(&lower, lex) {
-            SegmentKind::Id
-        } else if is_version(&lower) {
-            SegmentKind::Version
-        } else if is_id_like(part) {
-            SegmentKind::Id
-        } else if split_dots && part.contains('.') {
-            for piece in part.split('.').filter(|p| !p.is_empty()) {
-                self.push_part(piece, lex, false);
-            }
-            return;
-        } else {
-            SegmentKind::Literal
-        };
-
-        let mut tokens = Vec::new();
-        if kind == SegmentKind::Literal {
-            self.mixed_script |= words_into(part, lex, &mut tokens);
-            if tokens.is_empty() {
-                return;
-            }
-        }
-        self.segments.push(Segment { kind, tokens });
-    }
-
     /// Adds a query key that names a sub-resource as a last segment.
     pub(super) fn push_subresource(&mut self, key: &str, lex: &Lexicon) {
-        self.push_part(key, lex, false);
+        let mut parts = Vec::new();
+        classify(key, lex, false, &mut parts);
+        for (kind, part) in parts {
+            let mut tokens = Vec::new();
+            if kind == SegmentKind::Literal {
+                self.mixed_script |= words_into(part, lex, &mut tokens);
+            }
+            self.segments.push(Segment { kind, tokens, pending: None });
+        }
     }
 
     /// The last segment, when it is literal.
@@ -289,10 +301,21 @@ impl PathView {
 
     /// Words of up to `count` literal segments before `index`, nearest
     /// first: the resource an action segment acts on.
-    pub(super) fn objects_before(&self, index: usize, count: usize, out: &mut Vec<String>) {
+    pub(super) fn objects_before(
+        &self,
+        index: usize,
+        count: usize,
+        lex: &Lexicon,
+        out: &mut Vec<String>,
+    ) {
         let before = self.segments.get(..index).unwrap_or(&[]);
         for seg in before.iter().rev().filter(|s| s.kind == SegmentKind::Literal).take(count) {
-            out.extend(seg.tokens.iter().cloned());
+            match seg.pending.clone().and_then(|range| self.text.get(range)) {
+                Some(text) => {
+                    words_into(text, lex, out);
+                }
+                None => out.extend(seg.tokens.iter().cloned()),
+            }
         }
     }
 
@@ -300,6 +323,38 @@ impl PathView {
     pub(super) fn is_id(&self, index: usize) -> bool {
         self.segments.get(index).is_some_and(|s| s.kind == SegmentKind::Id)
     }
+}
+
+/// Sorts one part of a path: an id, a version, words, or (with
+/// `split_dots`) a dotted name cut into parts.
+fn classify<'p>(
+    part: &'p str,
+    lex: &Lexicon,
+    split_dots: bool,
+    out: &mut Vec<(SegmentKind, &'p str)>,
+) {
+    let lower: Cow<'_, str> = if part.chars().any(char::is_uppercase) {
+        Cow::Owned(part.to_lowercase())
+    } else {
+        Cow::Borrowed(part)
+    };
+    let kind = if lex.id_aliases.contains(&*lower) || is_file_like(&lower, lex) {
+        SegmentKind::Id
+    } else if is_version(&lower) {
+        SegmentKind::Version
+    } else if is_id_like(part) {
+        SegmentKind::Id
+    } else if split_dots && part.contains('.') {
+        for piece in part.split('.').filter(|p| !p.is_empty()) {
+            classify(piece, lex, false, out);
+        }
+        return;
+    } else if part.chars().any(char::is_alphanumeric) {
+        SegmentKind::Literal
+    } else {
+        return;
+    };
+    out.push((kind, part));
 }
 
 /// `ci.yml`, `delete_all_branches.sh`: a file, which is data.
