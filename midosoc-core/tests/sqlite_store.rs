@@ -91,6 +91,23 @@ async fn a_second_store_on_the_same_file_is_caught_up_by_the_recheck() {
 }
 
 #[tokio::test]
+async fn a_wait_given_up_is_no_longer_counted() {
+    let db = TempSqlite::new().await;
+    let approval = db.store.submit(held("impatient", HOUR)).await.expect("submit");
+    let waiter = {
+        let store = db.store.clone();
+        tokio::spawn(async move { store.wait(approval.id).await })
+    };
+    until_parked(|| db.store.waiting(), 1).await;
+
+    waiter.abort();
+    let _ = waiter.await;
+
+    assert_eq!(db.store.waiting(), 0);
+    assert_eq!(db.store.get(approval.id).await.expect("get").status, ApprovalStatus::Pending);
+}
+
+#[tokio::test]
 async fn the_audit_trail_names_agent_analyst_and_token_id() {
     let db = TempSqlite::new().await;
     let id = one_full_life(&db.store, "auditor-agent").await;

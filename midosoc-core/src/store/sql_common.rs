@@ -42,8 +42,9 @@ use super::{
 use crate::action::AgentId;
 use crate::approval::{Approval, ApprovalId, ApprovalStatus, Decision, Execution, Outcome};
 
-/// The longest an approval may wait for a decision.
-pub(crate) const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// The longest an approval may wait for a decision: one limit for every
+/// store.
+const MAX_TTL: Duration = super::MemoryStore::MAX_TTL;
 
 /// Approvals a list returns when the filter sets no limit.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -287,16 +288,9 @@ impl Hub {
         {
             tx.send_modify(|n| *n += 1);
         }
-        match row.parse() {
-            Ok(entry) => {
-                match entry.to_event() {
-                    // An error only means nobody subscribes.
-                    Ok(event) => drop(self.events.send(event)),
-                    Err(error) => {
-                        tracing::warn!(seq = row.seq, %error, "audit entry has an unreadable approval")
-                    }
-                }
-            }
+        match row.parse().and_then(|entry| entry.to_event().map_err(|e| e.to_string())) {
+            // An error only means nobody subscribes.
+            Ok(event) => drop(self.events.send(event)),
             Err(reason) => tracing::warn!(seq = row.seq, %reason, "unreadable audit entry skipped"),
         }
         self.delivered.store(u64::try_from(row.seq).unwrap_or(0), Ordering::Release);
@@ -316,10 +310,25 @@ impl Watch {
         let Some(rx) = self.rx.as_mut() else {
             return Err(unavailable("approval store closed"));
         };
-        self.hub.parked.fetch_add(1, Ordering::Relaxed);
-        let changed = rx.changed().await;
-        self.hub.parked.fetch_sub(1, Ordering::Relaxed);
-        changed.map_err(|_| unavailable("approval store closed"))
+        let _parked = Parked::new(&self.hub.parked);
+        rx.changed().await.map_err(|_| unavailable("approval store closed"))
+    }
+}
+
+/// Counts one parked waiter for as long as it lives, however the wait
+/// ends (woken, failed or dropped).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -386,8 +395,8 @@ impl<B: Backend> Core<B> {
         let head = backend.head().await?;
         let hub = Arc::new(Hub::new(head.seq));
 
-        let pump =
-            tokio::spawn(pump(Arc::clone(&backend), Arc::clone(&hub), options.recheck_every));
+        let every = options.recheck_every.max(Duration::from_millis(10));
+        let pump = tokio::spawn(pump(Arc::clone(&backend), Arc::clone(&hub), every));
         Ok(Self {
             backend,
             hub,
@@ -796,11 +805,7 @@ impl<B: Backend> Feed<B> {
             self.catching_up = false;
         }
         for row in rows {
-            match row
-                .parse()
-                .map_err(|reason| reason.to_string())
-                .and_then(|entry| entry.to_event().map_err(|error| error.to_string()))
-            {
+            match row.parse().and_then(|entry| entry.to_event().map_err(|e| e.to_string())) {
                 Ok(event) => self.page.push_back(event),
                 Err(reason) => {
                     tracing::warn!(seq = row.seq, %reason, "unreadable audit entry skipped");
