@@ -256,6 +256,9 @@ impl<R: Classifier, A: Classifier> ComposedClassifier<R, A> {
     /// Asks the advisor, through the cache and the concurrency limit,
     /// within the deadline.
     async fn consult(&self, action: &Action) -> Advice {
+        // LIMITATION: identical requests that arrive together all miss the
+        // cache and each call the advisor; only later ones reuse the answer.
+        // Safe: it costs calls, not correctness.
         let key = cache_key(action);
         if let Some(assessment) = self.cached(&key) {
             tracing::debug!("llm answer reused from cache");

@@ -1064,6 +1064,9 @@ fn redact_body(preview: &str, action: &Action) -> String {
 
 /// An operation's detail with secrets removed. MCP and JSON-RPC arguments
 /// are JSON; GraphQL and SQL text is left to the token scrubber.
+// LIMITATION: a password written as a literal inside a GraphQL document or
+// a SQL statement is not found by name, only if it looks like a known
+// credential format. The gateway's own preview has the same gap.
 fn redact_detail(detail: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(detail) {
         Ok(mut value) => {
@@ -1142,6 +1145,13 @@ mod tests {
         assert_eq!(config.policy().mode, CompositionMode::Shadow);
         assert_eq!(config.policy().advisor_timeout, Duration::from_millis(2500));
         assert!(config.validate().is_ok());
+
+        let minimal: LlmConfig =
+            toml::from_str("provider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\n")
+                .unwrap();
+        assert_eq!(minimal.provider, Provider::OpenAi);
+        assert_eq!(minimal.timeout, Duration::from_secs(4));
+        assert_eq!(minimal.skip_confidence, Some(0.9));
 
         let unknown = toml::from_str::<LlmConfig>(
             "base_url = \"http://x\"\nmodel = \"m\"\napi_key = \"inline\"\n",
