@@ -749,7 +749,7 @@ impl OidcSignIn {
             .set_pkce_verifier(verifier);
         let response = request.request_async(&http).await.map_err(|e| match e {
             RequestTokenError::ServerResponse(answer) => {
-                OidcError::CodeRefused(bounded(&answer.error().to_string()))
+                OidcError::CodeRefused(bounded(answer.error().as_ref()))
             }
             RequestTokenError::Request(error) => error,
             // SECURITY: the parse error carries the raw answer, which may

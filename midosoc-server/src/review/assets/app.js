@@ -585,11 +585,30 @@
 
   async function signOut() {
     try {
-      await api("DELETE", "/api/session");
+      const answer = await api("DELETE", "/api/session");
+      // Signed in with the identity provider: end the session there too.
+      if (answer && answer.end_session_url) {
+        window.location.assign(answer.end_session_url);
+        return;
+      }
     } catch (_) {
       // Signed out either way.
     }
     signedOut();
+  }
+
+  // Offers the identity provider's sign-in when the gateway has one.
+  async function showSignInMethods() {
+    try {
+      const methods = await api("GET", "/auth/methods");
+      const sso = methods && methods.single_sign_on;
+      if (!sso) return;
+      $("sso-link").textContent = "Sign in with " + sso.label;
+      $("sso-link").setAttribute("href", sso.url);
+      $("sso").hidden = false;
+    } catch (_) {
+      // Token sign-in still works.
+    }
   }
 
   // ---- Keyboard ---------------------------------------------------------
@@ -652,6 +671,7 @@
     document.addEventListener("keydown", onKey);
     setInterval(tick, 1000);
 
+    showSignInMethods();
     api("GET", "/api/session")
       .then(signedIn)
       .catch(() => signedOut());
