@@ -23,6 +23,9 @@ use crate::stats::Summary;
 /// Longest wait for N requests to be held.
 const REACH_LIMIT: Duration = Duration::from_secs(120);
 
+/// Longest wait without progress before giving up on reaching N.
+const STALL_LIMIT: Duration = Duration::from_secs(8);
+
 /// File descriptors kept free for everything else.
 const FD_MARGIN: u64 = 2_000;
 
@@ -157,10 +160,15 @@ fn one(
     let started = Instant::now();
     holder.send(&format!("hold {n} held"))?;
     let mut reached = false;
-    while started.elapsed() < REACH_LIMIT {
-        if bench.client.pending(gw.review)? >= n as f64 {
+    let (mut last, mut changed) = (0.0, Instant::now());
+    while started.elapsed() < REACH_LIMIT && changed.elapsed() < STALL_LIMIT {
+        let pending = bench.client.pending(gw.review)?;
+        if pending >= n as f64 {
             reached = true;
             break;
+        }
+        if pending > last {
+            (last, changed) = (pending, Instant::now());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
