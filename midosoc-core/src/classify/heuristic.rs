@@ -291,8 +291,6 @@ mod rule {
     pub(super) const SHELL_OVERWRITE: CodeRule =
         r("shell.overwrite", "overwrites a file", Risk::High);
     pub(super) const FLAG: CodeRule = r("body.flag", "sets a destructive option", Risk::High);
-    pub(super) const QUERY_FLAG: CodeRule =
-        r("query.flag", "sets a destructive option", Risk::High);
     pub(super) const WEAKEN: CodeRule =
         r("body.protection_off", "turns off a protection", Risk::Critical);
     pub(super) const EXPOSE: CodeRule =
@@ -363,7 +361,7 @@ struct OpSummary {
 }
 
 /// What the body rules need to know about the operation around the body.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct BodyCx {
     /// The request changes something.
     mutating: bool,
@@ -381,8 +379,13 @@ struct BodyCx {
     search: bool,
     /// It is a shell tool, so an opaque command holds.
     shell_tool: bool,
+    /// The resource is a protection (`/settings/ssl`), so turning its
+    /// setting off weakens it.
+    protected_target: bool,
     /// Top-level keys already read as part of the operation.
     skip_top: Vec<String>,
+    /// Where the values come from: the body, or the query string.
+    place: Place,
 }
 
 impl BodyCx {
@@ -401,7 +404,9 @@ impl BodyCx {
             read,
             search: b.search_verbs.find(words).is_some(),
             shell_tool: false,
+            protected_target: b.roles(words).has(Roles::PROTECTION),
             skip_top: Vec::new(),
+            place: Place::Body,
         }
     }
 }
@@ -453,6 +458,15 @@ fn call(json: &Value) -> Call<'_> {
     Call::Plain(json)
 }
 
+/// A form or query value as JSON: `true`, `false` and integers are typed.
+fn form_value(value: &str) -> Value {
+    match value {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        v => v.parse::<i64>().map_or_else(|_| Value::String(v.to_owned()), Value::from),
+    }
+}
+
 /// A form-encoded body as JSON: `metadata[note]=x&force=true` gives
 /// `{"metadata": {"note": "x"}, "force": true}`.
 fn form_body(action: &Action) -> Option<Value> {
@@ -472,11 +486,7 @@ fn form_body(action: &Action) -> Option<Value> {
     }
     let mut root = Map::new();
     for (key, value) in text::form_pairs(text).take(MAX_PAIRS) {
-        let value = match value.as_str() {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            v => v.parse::<i64>().map_or_else(|_| Value::String(v.to_owned()), Value::from),
-        };
+        let value = form_value(&value);
         let mut parts = key.split(['[', ']']).filter(|p| !p.is_empty()).peekable();
         let mut node = &mut root;
         while let Some(part) = parts.next() {
@@ -662,7 +672,7 @@ impl<'a> Scan<'a> {
             }
         }
         let query_place = if place == Place::Path { Place::Query } else { place };
-        self.query(method, query, query_place);
+        self.query(method, path, query, query_place);
     }
 
     fn path_verbs(&mut self, method: Method, path: &PathView, place: Place, confirmed: bool) {
@@ -771,8 +781,12 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn query(&mut self, method: Method, query: &[(String, String)], place: Place) {
+    /// The query string. An operation named in it (`?Action=...`) is read
+    /// as an operation; on a request that changes something, the other
+    /// parameters are read like body fields.
+    fn query(&mut self, method: Method, path: &PathView, query: &[(String, String)], place: Place) {
         let lex = self.lex;
+        let mut fields = Map::new();
         for (key, value) in query {
             if key.eq_ignore_ascii_case("_method") || value.is_empty() {
                 continue;
@@ -780,14 +794,20 @@ impl<'a> Scan<'a> {
             let key_words = text::words(key, lex);
             let roles = lex.body.roles(&key_words);
             if roles.has(Roles::VERB) {
-                // `?Action=TerminateInstances`: an operation name.
                 let words = text::words(value, lex);
-                self.operation(&words, place);
+                let op_place = if place == Place::Query { Place::Operation } else { place };
+                self.operation(&words, op_place);
             } else if roles.has(Roles::DRY_RUN) && text::truthy(value) {
                 self.push("query.dry_run", place, key, Kind::DryRun);
-            } else if method.changes() && roles.has(Roles::STATE_FLAG) && text::truthy(value) {
-                self.option(key, place, rule::QUERY_FLAG);
+            } else if method.changes() {
+                fields.insert(key.clone(), form_value(value));
             }
+        }
+        if !fields.is_empty() {
+            let words = path.final_literal().map(|(_, s)| s.tokens.clone()).unwrap_or_default();
+            let mut cx = BodyCx::new(lex, method, &words, false, false);
+            cx.place = place;
+            self.body(&Value::Object(fields), &cx);
         }
     }
 
@@ -1052,7 +1072,7 @@ impl<'a> Scan<'a> {
     fn key(&mut self, key: &str, value: &Value, depth: usize, cx: &BodyCx, nested: usize) {
         let lex = self.lex;
         if lex.body.overwrite_operators.contains(key) {
-            self.destructive(rule::OVERWRITE_OP, Place::Body, key, Strength::Strong);
+            self.destructive(rule::OVERWRITE_OP, cx.place, key, Strength::Strong);
         }
         let words = text::words(key, lex);
         let roles = lex.body.roles(&words);
@@ -1061,28 +1081,29 @@ impl<'a> Scan<'a> {
         }
         if roles.has(Roles::DRY_RUN) {
             if is_true(value) {
-                self.push("body.dry_run", Place::Body, key, Kind::DryRun);
+                self.push("body.dry_run", cx.place, key, Kind::DryRun);
             }
             return;
         }
         self.selector |= roles.has(Roles::SELECTOR);
         let changes = cx.mutating;
-        let weakens = changes && roles.has(Roles::PROTECTION);
+        let weakens = changes
+            && (roles.has(Roles::PROTECTION) || (cx.protected_target && roles.has(Roles::SETTING)));
         let strong = |scan: &mut Self, rule: CodeRule, shown: &str| {
-            scan.destructive(rule, Place::Body, &format!("{key}: {shown}"), Strength::Strong);
+            scan.destructive(rule, cx.place, &format!("{key}: {shown}"), Strength::Strong);
         };
 
         match value {
             Value::String(s) => self.string_key(key, &words, roles, s, cx, nested),
             Value::Bool(true) => {
                 if changes && roles.has(Roles::STATE_FLAG) {
-                    self.option(key, Place::Body, rule::FLAG);
+                    self.option(key, cx.place, rule::FLAG);
                 }
                 if changes && !cx.creating && roles.has(Roles::PUBLIC_FLAG) {
                     strong(self, rule::EXPOSE, "true");
                 }
                 if changes && roles.has(Roles::ACCESS) {
-                    self.destructive(rule::ACCESS_FIELD, Place::Body, key, Strength::Moderate);
+                    self.destructive(rule::ACCESS_FIELD, cx.place, key, Strength::Moderate);
                 }
             }
             Value::Bool(false) => {
@@ -1109,7 +1130,7 @@ impl<'a> Scan<'a> {
             }
             Value::Object(_) | Value::Array(_) => {
                 if changes && roles.has(Roles::ACCESS) {
-                    self.destructive(rule::ACCESS_FIELD, Place::Body, key, Strength::Moderate);
+                    self.destructive(rule::ACCESS_FIELD, cx.place, key, Strength::Moderate);
                 }
                 if roles.has(Roles::COMMAND)
                     && let Some(line) = command_line(value)
@@ -1135,7 +1156,7 @@ impl<'a> Scan<'a> {
         let lex = self.lex;
         if roles.has(Roles::VERB) && !looks_like_command(s) {
             let verbs = text::words(s, lex);
-            self.operation_verbs(&verbs, Place::Body);
+            self.operation_verbs(&verbs, cx.place);
         }
         let search_text = words == ["query"] && cx.search;
         if roles.has(Roles::SQL) && !search_text && sql::looks_like_sql(s) {
@@ -1154,7 +1175,12 @@ impl<'a> Scan<'a> {
             && b.public_values.whole(&text::words(s, lex));
         let checks = [
             (exposes, rule::EXPOSE),
-            (roles.has(Roles::PROTECTION) && text::falsy(s), rule::WEAKEN),
+            (
+                (roles.has(Roles::PROTECTION)
+                    || (cx.protected_target && roles.has(Roles::SETTING)))
+                    && text::falsy(s),
+                rule::WEAKEN,
+            ),
             (
                 roles.has(Roles::BRANCH) && cx.branch_write && is_shared_branch(s, lex),
                 rule::SHARED_BRANCH,
@@ -1163,14 +1189,14 @@ impl<'a> Scan<'a> {
         ];
         for (fires, rule) in checks {
             if fires {
-                self.destructive(rule, Place::Body, &shown, Strength::Strong);
+                self.destructive(rule, cx.place, &shown, Strength::Strong);
             }
         }
         if roles.has(Roles::ACCESS) {
-            self.destructive(rule::ACCESS_FIELD, Place::Body, &shown, Strength::Moderate);
+            self.destructive(rule::ACCESS_FIELD, cx.place, &shown, Strength::Moderate);
         }
         if roles.has(Roles::STATE_FLAG) && text::truthy(s) {
-            self.option(key, Place::Body, rule::FLAG);
+            self.option(key, cx.place, rule::FLAG);
         }
     }
 
@@ -1489,7 +1515,8 @@ impl Weighing {
             match f.kind {
                 Kind::Deny if w.denied.is_none() => w.denied = Some(i),
                 Kind::Destructive { strength, .. } => {
-                    let excused = (w.dry_run && f.place == Place::Body)
+                    let asked = matches!(f.place, Place::Body | Place::Query);
+                    let excused = (w.dry_run && asked)
                         || match strength {
                             Strength::Strong => false,
                             Strength::Moderate => w.trusted_read,

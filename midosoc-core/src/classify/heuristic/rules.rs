@@ -152,6 +152,7 @@ pub(super) enum NounScope {
 #[serde(default, deny_unknown_fields)]
 struct PathRules {
     file_extensions: Vec<String>,
+    format_extensions: Vec<String>,
     id_aliases: Vec<String>,
 }
 
@@ -212,6 +213,7 @@ struct BodyRules {
     destination_keys: Vec<String>,
     export_verbs: Vec<String>,
     scale_keys: Vec<String>,
+    setting_keys: Vec<String>,
     overwrite_operators: Vec<String>,
     selector_keys: Vec<String>,
     bulk_words: Vec<String>,
@@ -298,6 +300,7 @@ impl RuleTable {
     /// built-in verb.
     pub fn extend(&mut self, other: RuleTable) {
         append(&mut self.paths.file_extensions, other.paths.file_extensions);
+        append(&mut self.paths.format_extensions, other.paths.format_extensions);
         append(&mut self.paths.id_aliases, other.paths.id_aliases);
 
         for (name, group) in other.verbs {
@@ -368,6 +371,7 @@ impl BodyRules {
             destination_keys,
             export_verbs,
             scale_keys,
+            setting_keys,
             overwrite_operators,
             selector_keys,
             bulk_words,
@@ -394,6 +398,7 @@ impl BodyRules {
         append(&mut self.destination_keys, destination_keys);
         append(&mut self.export_verbs, export_verbs);
         append(&mut self.scale_keys, scale_keys);
+        append(&mut self.setting_keys, setting_keys);
         append(&mut self.overwrite_operators, overwrite_operators);
         append(&mut self.selector_keys, selector_keys);
         append(&mut self.bulk_words, bulk_words);
@@ -482,6 +487,8 @@ impl Roles {
     pub(super) const STATE_FLAG: Roles = Roles(1 << 14);
     /// A word of the key names a protection (`audit_logging`).
     pub(super) const PROTECTION: Roles = Roles(1 << 15);
+    /// The key holds the value of a setting the path names.
+    pub(super) const SETTING: Roles = Roles(1 << 16);
 
     /// Whether every role of `other` is among these.
     pub(super) fn has(self, other: Roles) -> bool {
@@ -557,6 +564,7 @@ pub(super) struct Lexicon {
     pub(super) soft: PhraseMap<()>,
     pub(super) path_soft: PhraseMap<()>,
     pub(super) file_extensions: HashSet<Box<str>>,
+    pub(super) format_extensions: HashSet<Box<str>>,
     pub(super) id_aliases: HashSet<Box<str>>,
     pub(super) body: BodyLexicon,
     pub(super) shell: ShellLexicon,
@@ -671,6 +679,7 @@ impl Lexicon {
             soft,
             path_soft,
             file_extensions: raw_set(&table.paths.file_extensions),
+            format_extensions: raw_set(&table.paths.format_extensions),
             id_aliases: raw_set(&table.paths.id_aliases),
             body,
             shell,
@@ -707,7 +716,7 @@ fn compile_body(
     b: &BodyRules,
     known: &mut HashSet<Box<str>>,
 ) -> Result<BodyLexicon, RuleTableError> {
-    let whole: [(&str, &[String], Roles); 13] = [
+    let whole: [(&str, &[String], Roles); 14] = [
         ("verb_keys", &b.verb_keys, Roles::VERB),
         ("sql_keys", &b.sql_keys, Roles::SQL),
         ("command_keys", &b.command_keys, Roles::COMMAND),
@@ -721,6 +730,7 @@ fn compile_body(
         ("branch_keys", &b.branch_keys, Roles::BRANCH),
         ("destination_keys", &b.destination_keys, Roles::DESTINATION),
         ("scale_keys", &b.scale_keys, Roles::SCALE),
+        ("setting_keys", &b.setting_keys, Roles::SETTING),
     ];
     let mut keys: HashMap<Box<str>, Roles> = HashMap::default();
     for (field, words, role) in

@@ -338,6 +338,14 @@ fn classify<'p>(
     } else {
         Cow::Borrowed(part)
     };
+    // `cancel.json`: a response format after an action word.
+    if let Some((stem, ext)) = part.rsplit_once('.')
+        && lex.format_extensions.contains(ext.to_ascii_lowercase().as_str())
+        && !stem.is_empty()
+        && stem.chars().all(|c| c.is_alphabetic() || c == '_' || c == '-')
+    {
+        return classify(stem, lex, false, out);
+    }
     let kind = if lex.id_aliases.contains(&*lower) || is_file_like(&lower, lex) {
         SegmentKind::Id
     } else if is_version(&lower) {
