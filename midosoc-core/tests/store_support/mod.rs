@@ -159,7 +159,8 @@ impl Drop for PgSchema {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let mut conn = PgConnection::connect(&url).await?;
-                let sql = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
+                // A lock left by a broken test must not hang the run.
+                let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
                 conn.close().await
             })?;
