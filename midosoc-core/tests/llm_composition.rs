@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use llm_support::{FixedRules, Reply, ScriptedModel, hang_up_server};
 use midosoc_core::classify::{
-    ApiKey, ComposedClassifier, CompositionMode, LlmClassifier, LlmConfig, Provider,
-    ResponseFormatMode, advisor_opinion, rules_opinion,
+    ApiKey, ComposedClassifier, CompositionMode, HeuristicClassifier, LlmClassifier, LlmConfig,
+    Provider, ResponseFormatMode, advisor_opinion, rules_opinion,
 };
 use midosoc_core::{Action, AgentId, Assessment, Classifier, Risk, Verdict};
 
@@ -45,21 +45,40 @@ fn marker<'a>(assessment: &'a Assessment, rule: &str) -> Option<&'a str> {
     assessment.markers.iter().find(|m| m.rule == rule).map(|m| m.matched.as_str())
 }
 
-/// Composes both a holding and an allowing rules classifier with a model
-/// that fails as `base_url` scripts, and checks the rules stand unchanged,
-/// marked with `reason`.
+/// Composes rules with a model that fails as `base_url` scripts, and
+/// checks the rules stand unchanged, marked with `reason`: fixed rules that
+/// hold and that allow, and the real heuristic rules on a request they hold
+/// and one they allow.
 async fn assert_rules_stand(base_url: &str, timeout: Duration, reason: &str) {
     let mut config = config(base_url);
     config.timeout = timeout;
+    let key = || Some(ApiKey::new(KEY).unwrap());
+
     for (verdict, risk) in [(Verdict::Hold, Risk::High), (Verdict::Allow, Risk::Low)] {
         let out = composed(&config, FixedRules(verdict, risk)).classify(&delete_project()).await;
-        let out = out.unwrap();
-        assert_eq!((out.verdict, out.risk), (verdict, risk), "rules must stand on {reason}");
-        assert_eq!(marker(&out, "llm.unavailable"), Some(reason));
-        let failure = advisor_opinion(&out).and_then(|o| o.failure.clone()).unwrap();
-        assert!(failure.starts_with(reason), "{failure}");
-        assert_eq!(rules_opinion(&out).map(|a| a.verdict), Some(verdict));
+        check_fallback(&out.unwrap(), verdict, risk, reason);
     }
+
+    let heuristic = HeuristicClassifier::default();
+    let list =
+        Action::builder(AgentId::new("agent-1"), "GET", "https://api.example.com/v1/projects");
+    for (action, expected) in [(delete_project(), Verdict::Hold), (list.build(), Verdict::Allow)] {
+        let alone = heuristic.assess(&action);
+        assert_eq!(alone.verdict, expected, "the heuristic's own verdict");
+        let llm = LlmClassifier::new(&config, key()).unwrap();
+        let composed = ComposedClassifier::new(HeuristicClassifier::default(), llm)
+            .with_policy(config.policy());
+        let out = composed.classify(&action).await.unwrap();
+        check_fallback(&out, alone.verdict, alone.risk, reason);
+    }
+}
+
+fn check_fallback(out: &Assessment, verdict: Verdict, risk: Risk, reason: &str) {
+    assert_eq!((out.verdict, out.risk), (verdict, risk), "rules must stand on {reason}");
+    assert_eq!(marker(out, "llm.unavailable"), Some(reason));
+    let failure = advisor_opinion(out).and_then(|o| o.failure.clone()).unwrap();
+    assert!(failure.starts_with(reason), "{failure}");
+    assert_eq!(rules_opinion(out).map(|a| a.verdict), Some(verdict));
 }
 
 #[tokio::test]
@@ -123,7 +142,7 @@ async fn schema_violations_from_the_model_leave_the_rules_standing() {
 async fn slow_model_past_the_timeout_leaves_the_rules_standing() {
     let model = ScriptedModel::start(Reply::Hang).await;
     assert_rules_stand(&model.base_url(), Duration::from_millis(300), "timeout").await;
-    assert_eq!(model.received().len(), 2, "the request did reach the model");
+    assert_eq!(model.received().len(), 4, "the requests did reach the model");
 }
 
 #[tokio::test]
