@@ -358,12 +358,18 @@ pub fn run(
         bench.warnings.push("processes were not pinned: taskset missing or one core".into());
     }
 
-    let mut nginx_max = None;
+    let mut side_max = None;
     if selection.perf {
         eprintln!("== throughput and latency");
         match perf::run(&mut bench, sizes) {
             Ok(perf) => {
-                nginx_max = perf.nginx_max();
+                // Beside held requests the safe path must stay within the
+                // gateway's own capacity, or queueing swamps the figure.
+                let midosoc = perf.row("midosoc").map(|r| r.rps.median);
+                side_max = match (perf.nginx_max(), midosoc) {
+                    (Some(n), Some(m)) => Some(n.min(m)),
+                    (n, m) => n.or(m),
+                };
                 results.perf = Some(perf);
             }
             Err(error) => bench.warnings.push(format!("throughput and latency: {error:#}")),
@@ -376,9 +382,9 @@ pub fn run(
             Err(error) => bench.warnings.push(format!("classifier: {error:#}")),
         }
     }
-    // The safe-path load used beside held requests: half of nginx's
-    // maximum when known, else a modest fixed rate.
-    let side_rate = nginx_max.map_or(2_000.0, |max| max * 0.5);
+    // The safe-path load used beside held requests: half of the smaller
+    // of nginx's and Midosoc's maximum when known, else a modest rate.
+    let side_rate = side_max.map_or(2_000.0, |max| max * 0.5);
     if selection.held {
         eprintln!("== held requests");
         match held::run(&mut bench, sizes, side_rate) {
