@@ -16,6 +16,7 @@ use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use midosoc_core::store::AuditLog;
 use midosoc_core::token::LocalIssuer;
 use midosoc_core::{ApprovalStore, Classifier, TokenIssuer};
 use midosoc_tower::{HumanApproval, HumanApprovalLayer};
@@ -40,6 +41,10 @@ pub(crate) struct AppState {
     pub(crate) identities: Identities,
     /// Approvals.
     pub(crate) store: Arc<dyn ApprovalStore>,
+    /// The store's hash-chained audit trail, when it keeps one.
+    pub(crate) audit: Option<Arc<dyn AuditLog>>,
+    /// Whether the store answered its last background check.
+    pub(crate) store_health: crate::outage::StoreHealth,
     /// The built-in token issuer, for its JWKS.
     pub(crate) issuer: Arc<LocalIssuer>,
     /// The upstreams, each behind its approval layer.
@@ -69,6 +74,8 @@ pub(crate) struct Parts {
     pub(crate) identities: Identities,
     /// Approvals.
     pub(crate) store: Arc<dyn ApprovalStore>,
+    /// The store's audit trail, when it keeps one.
+    pub(crate) audit: Option<Arc<dyn AuditLog>>,
     /// The classifier.
     pub(crate) classifier: Arc<dyn Classifier>,
     /// The built-in token issuer: the JWKS and the action API's tokens.
@@ -82,7 +89,7 @@ pub(crate) struct Parts {
 /// named by `config`; `agent_url` is the issuer's default `iss`.
 pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Parts> {
     let identities = Identities::open(&config.data_dir).await?;
-    let store = open_store(&config.store.url).await?;
+    let (store, audit) = open_store(&config.store_url()).await?;
     let classifier: Arc<dyn Classifier> =
         Arc::new(midosoc_core::classify::HeuristicClassifier::default());
     let issuer_name = config.issuer.issuer.clone().unwrap_or_else(|| agent_url.to_owned());
@@ -90,24 +97,24 @@ pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Par
         .with_lifetime(config.issuer.token_ttl);
     let issuer = Arc::new(issuer);
     let upstream_issuer = crate::issuer::build(&config.issuer, issuer.clone())?;
-    Ok(Parts { identities, store, classifier, issuer, upstream_issuer })
+    Ok(Parts { identities, store, audit, classifier, issuer, upstream_issuer })
 }
 
-/// Opens the approval store `url` names: `memory`, a SQLite file or a
-/// PostgreSQL database.
-async fn open_store(url: &str) -> anyhow::Result<Arc<dyn ApprovalStore>> {
-    use midosoc_core::store::{MemoryStore, PostgresStore, SqliteStore, StoreOptions};
+/// The approval store and its audit trail, as [`open_store`] returns them.
+type OpenedStore = (Arc<dyn ApprovalStore>, Option<Arc<dyn AuditLog>>);
 
+/// Opens the approval store `url` names: `memory`, or a SQLite file or
+/// PostgreSQL database (migrated to the current schema on the way), which
+/// also keeps the audit trail.
+pub(crate) async fn open_store(url: &str) -> anyhow::Result<OpenedStore> {
+    use midosoc_core::store::{MemoryStore, SqlStore, StoreOptions};
+
+    if url == "memory" {
+        return Ok((Arc::new(MemoryStore::new()), None));
+    }
     let context = || format!("cannot open the approval store `{}`", redact_url(url));
-    let options = StoreOptions::default();
-    let store: Arc<dyn ApprovalStore> = if url == "memory" {
-        Arc::new(MemoryStore::new())
-    } else if url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::open(url, options).await.with_context(context)?)
-    } else {
-        Arc::new(PostgresStore::open(url, options).await.with_context(context)?)
-    };
-    Ok(store)
+    let store = Arc::new(SqlStore::open(url, StoreOptions::default()).await.with_context(context)?);
+    Ok((store.clone(), Some(store)))
 }
 
 /// Builds the shared state: one approval layer per upstream and one for
@@ -120,7 +127,7 @@ pub(crate) fn state(
     metrics: Option<PrometheusHandle>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<AppState> {
-    let Parts { identities, store, classifier, issuer, upstream_issuer } = parts;
+    let Parts { identities, store, audit, classifier, issuer, upstream_issuer } = parts;
     let layer = |minting: Arc<dyn TokenIssuer>,
                  audience: Option<&str>,
                  scope: Option<&str>,
@@ -164,6 +171,8 @@ pub(crate) fn state(
     Ok(AppState {
         identities,
         store,
+        audit,
+        store_health: crate::outage::StoreHealth::new(config.store.on_outage),
         issuer,
         proxy: Proxy::new(routes),
         authorize,
@@ -182,6 +191,10 @@ pub(crate) fn agent_router(state: AppState) -> Router {
         .route("/v1/approvals/{id}", get(agent::approval_status))
         .fallback(agent::proxy)
         .layer(middleware::from_fn_with_state(state.clone(), agent::authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.store_health.clone(),
+            crate::outage::refuse_during_outage,
+        ))
         .with_state(state.clone());
 
     Router::new()
@@ -207,6 +220,7 @@ pub(crate) fn review_router(
         .with_state(state.clone());
     let review = crate::review::router(crate::review::ReviewState {
         store: state.store.clone(),
+        audit: state.audit.clone(),
         identities: state.identities.clone(),
         secure_cookies,
         oidc,

@@ -1,10 +1,15 @@
-//! The administrative subcommands: agents, analysts and configuration.
+//! The administrative subcommands: agents, analysts, the audit trail and
+//! configuration.
 //!
 //! Secrets are printed once, to standard output, and nowhere else.
 
+use std::io::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Subcommand;
+use futures::TryStreamExt as _;
 
 use crate::config::{Config, EXAMPLE};
 use crate::identity::{Identities, Role};
@@ -43,6 +48,21 @@ pub(crate) enum AnalystCommand {
     Remove {
         /// The analyst's name.
         name: String,
+    },
+}
+
+/// `midosoc audit ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check every link of the audit chain; exits non-zero and names the
+    /// first broken link when one is.
+    Verify,
+    /// Write the audit trail to standard output as JSON Lines, oldest
+    /// first.
+    Export {
+        /// Only entries after this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
     },
 }
 
@@ -97,6 +117,32 @@ pub(crate) async fn analyst(config: Option<&Path>, command: AnalystCommand) -> a
         }
     }
     Ok(())
+}
+
+/// Runs `midosoc audit ...` on the store the configuration names.
+pub(crate) async fn audit(file: Option<&Path>, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file)?;
+    let (_store, trail) = crate::app::open_store(&config.store_url()).await?;
+    let Some(trail) = trail else {
+        anyhow::bail!("the `memory` store keeps no audit trail; set `store.url` to a database");
+    };
+    match command {
+        AuditCommand::Verify => {
+            let report = trail.verify_audit().await.context("cannot read the audit trail")?;
+            println!("{report}");
+            Ok(if report.is_whole() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        AuditCommand::Export { after } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut entries = trail.export_audit(after);
+            while let Some(entry) = entries.try_next().await? {
+                serde_json::to_writer(&mut out, &entry)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Runs `midosoc config ...`.

@@ -194,18 +194,31 @@ impl Default for ApprovalConfig {
     }
 }
 
+/// File name of the default SQLite store, inside `data_dir`.
+const DEFAULT_STORE_FILE: &str = "approvals.db";
+
 /// `[store]`: where approvals are kept.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
-    /// `memory` for now.
-    pub(crate) url: String,
+    /// `memory`, `sqlite://FILE` or `postgres://...`; unset means a SQLite
+    /// file in `data_dir` (see [`Config::store_url`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) url: Option<String>,
+    /// What the agent listener does with safe requests while the store is
+    /// unreachable. Risky ones are always refused with `503`.
+    pub(crate) on_outage: OnOutage,
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self { url: "memory".to_owned() }
-    }
+/// `store.on_outage`: safe requests while the store is unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnOutage {
+    /// Safe requests pass: they need no approval, so no store.
+    #[default]
+    AllowSafe,
+    /// Every agent request is refused with `503` until the store answers.
+    RefuseAll,
 }
 
 /// `[classifier]`: how requests are assessed.
@@ -466,7 +479,8 @@ impl Config {
                 "must be at least `approval.max_wait`, or approvals expire while agents wait",
             ));
         }
-        let url = self.store.url.as_str();
+        let url = self.store_url();
+        let url = url.as_str();
         let known = url == "memory"
             || url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -586,6 +600,18 @@ impl Config {
                 self.review.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
             https || !self.review.listen.ip().is_loopback()
         })
+    }
+
+    /// The approval store's URL: `store.url`, else a SQLite file in
+    /// `data_dir`, so that held requests survive a restart by default.
+    pub(crate) fn store_url(&self) -> String {
+        match &self.store.url {
+            Some(url) => url.clone(),
+            None => {
+                let file = self.data_dir.join(DEFAULT_STORE_FILE);
+                format!("sqlite://{}", file.display())
+            }
+        }
     }
 }
 
@@ -722,8 +748,12 @@ mod tests {
         assert!(!err.to_string().contains("pw"), "{err}");
         for url in ["memory", "sqlite://approvals.db", "postgres://u:pw@127.0.0.1/test"] {
             let toml = format!("[store]\nurl = \"{url}\"\n");
-            assert_eq!(Config::from_toml(&toml).unwrap().store.url, url);
+            assert_eq!(Config::from_toml(&toml).unwrap().store_url(), url);
         }
+        let config = Config::from_toml("data_dir = \"/srv/m\"\n").unwrap();
+        assert_eq!(config.store_url(), "sqlite:///srv/m/approvals.db");
+        let toml = "[store]\non_outage = \"refuse_all\"\n";
+        assert_eq!(Config::from_toml(toml).unwrap().store.on_outage, OnOutage::RefuseAll);
     }
 
     #[test]

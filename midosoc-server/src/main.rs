@@ -13,6 +13,7 @@
 //! - `framing`: refusing requests with two framings, seen on the wire;
 //! - `review`: the dashboard and review API for analysts;
 //! - `error`: every handler failure as problem+json;
+//! - `outage`: what the agent listener does while the store is down;
 //! - `metrics`, `shutdown`, `serve`, `cli`: running and administering it.
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ mod identity;
 mod issuer;
 mod keys;
 mod metrics;
+mod outage;
 mod proxy;
 mod review;
 mod routes;
@@ -63,6 +65,9 @@ enum Command {
     /// Manage analysts.
     #[command(subcommand)]
     Analyst(cli::AnalystCommand),
+    /// Check or export the approval store's hash-chained audit trail.
+    #[command(subcommand)]
+    Audit(cli::AuditCommand),
     /// Print or check the configuration.
     #[command(subcommand)]
     Config(cli::ConfigCommand),
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         Command::Analyst(command) => runtime()
             .and_then(|rt| rt.block_on(cli::analyst(file, command)))
             .map(|()| ExitCode::SUCCESS),
+        Command::Audit(command) => runtime().and_then(|rt| rt.block_on(cli::audit(file, command))),
     };
     match result {
         Ok(code) => code,

@@ -56,6 +56,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let store = state.store.clone();
     tokio::spawn(async move { midosoc_core::store::run_expiry(&*store, EXPIRY_INTERVAL).await });
     tokio::spawn(crate::metrics::watch_store(state.store.clone()));
+    tokio::spawn(crate::outage::watch(state.store.clone(), state.store_health.clone()));
 
     let agent_router = app::agent_router(state.clone());
     let review_router = app::review_router(state.clone(), config.secure_cookies(), oidc);

@@ -247,8 +247,9 @@ fn approval_id(raw: Result<Path<String>, PathRejection>) -> Result<ApprovalId, R
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
-    /// Entries of at most this many of the newest approvals (default 100,
-    /// at most 1000).
+    /// At most this many of the newest entries (default 100, at most
+    /// 1000). Without an audit trail in the store, entries of at most this
+    /// many of the newest approvals.
     limit: Option<usize>,
 }
 
@@ -271,18 +272,42 @@ pub(super) async fn audit(
     State(state): State<Shared>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditLog>, ReviewError> {
-    // LIMITATION: the history is rebuilt from the approvals the store
-    // keeps (their creation, decision, closing and execution times), not
-    // read from an append-only, hash-chained audit trail; that trail is a
-    // separate, later piece.
     let Query(query) = query.map_err(|e| ReviewError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    if let Some(trail) = &state.audit {
+        return Ok(Json(AuditLog { entries: newest_links(trail.as_ref(), limit).await? }));
+    }
+
+    // Without a durable store there is no audit trail: the history is
+    // rebuilt from the approvals (creation, decision, closing and
+    // execution times).
     let filter = ApprovalFilter { limit: Some(limit), ..ApprovalFilter::default() };
     let approvals = state.store.list(&filter).await?;
 
     let mut entries: Vec<AuditEntry> = approvals.iter().flat_map(AuditEntry::steps).collect();
     entries.sort_by_key(|entry| std::cmp::Reverse(entry.instant));
     Ok(Json(AuditLog { entries }))
+}
+
+/// The newest `limit` links of the store's audit trail, newest first.
+async fn newest_links(
+    trail: &dyn midosoc_core::store::AuditLog,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, ReviewError> {
+    use futures::TryStreamExt as _;
+
+    // LIMITATION: the trail is read from its start to find its newest
+    // links, which grows with the log; a "last N" query on the store
+    // would avoid it.
+    let mut newest = std::collections::VecDeque::with_capacity(limit);
+    let mut links = trail.export_audit(None);
+    while let Some(link) = links.try_next().await? {
+        if newest.len() == limit {
+            newest.pop_front();
+        }
+        newest.extend(AuditEntry::from_chain(&link));
+    }
+    Ok(newest.into_iter().rev().collect())
 }
 
 /// A request body, or the problem with it: too large (`413`) or unreadable.

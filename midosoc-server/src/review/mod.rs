@@ -69,6 +69,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
 pub(crate) struct ReviewState {
     /// Where approvals live.
     pub(crate) store: Arc<dyn ApprovalStore>,
+    /// The store's hash-chained audit trail, when it keeps one; otherwise
+    /// `/api/audit` rebuilds the history from the approvals.
+    pub(crate) audit: Option<Arc<dyn midosoc_core::store::AuditLog>>,
     /// The analyst accounts.
     pub(crate) identities: Identities,
     /// Whether the session cookie is `Secure` and `__Host-` prefixed. Only
@@ -82,6 +85,7 @@ pub(crate) struct ReviewState {
 #[derive(Clone)]
 struct Shared {
     store: Arc<dyn ApprovalStore>,
+    audit: Option<Arc<dyn midosoc_core::store::AuditLog>>,
     identities: Identities,
     oidc: Option<Arc<OidcSignIn>>,
     /// One permit per open event stream.
@@ -92,6 +96,7 @@ struct Shared {
 pub(crate) fn router(state: ReviewState) -> Router {
     let shared = Shared {
         store: state.store,
+        audit: state.audit,
         identities: state.identities,
         oidc: state.oidc,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),

@@ -48,6 +48,7 @@ async fn harness_with(store: MemoryStore, secure_cookies: bool) -> Harness {
     let store = Arc::new(store);
     let state = ReviewState {
         store: store.clone(),
+        audit: None,
         identities: identities.clone(),
         secure_cookies,
         oidc: None,

@@ -389,12 +389,39 @@ pub(super) struct AuditEntry {
     reason: Option<String>,
     /// When (RFC 3339).
     at: String,
+    /// Position in the store's hash-chained audit trail, when it keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    /// This entry's link hash in that trail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
     /// When, for sorting.
     #[serde(skip)]
     pub(super) instant: OffsetDateTime,
 }
 
 impl AuditEntry {
+    /// The view of one link of the store's audit trail, or `None` when its
+    /// payload is not an approval.
+    pub(super) fn from_chain(link: &midosoc_core::store::AuditEntry) -> Option<Self> {
+        let approval: Approval = serde_json::from_value(link.payload.clone()).ok()?;
+        let decision = approval.decision.as_ref().filter(|_| link.kind == EventKind::Decided);
+        Some(Self {
+            kind: link.kind.into(),
+            approval_id: approval.id.to_string(),
+            agent: approval.agent().to_string(),
+            method: approval.action.method.clone(),
+            url: approval.action.url.clone(),
+            analyst: decision.map(|d| (&d.analyst).into()),
+            outcome: decision.map(|d| d.outcome.into()),
+            reason: decision.and_then(|d| d.reason.clone()),
+            at: rfc3339(link.at),
+            seq: Some(link.seq),
+            hash: Some(link.hash.clone()),
+            instant: link.at,
+        })
+    }
+
     /// The steps an approval has been through so far, oldest first.
     pub(super) fn steps(approval: &Approval) -> Vec<Self> {
         let entry = |kind: EventKind, at: OffsetDateTime| Self {
@@ -407,6 +434,8 @@ impl AuditEntry {
             outcome: None,
             reason: None,
             at: rfc3339(at),
+            seq: None,
+            hash: None,
             instant: at,
         };
 
