@@ -155,8 +155,11 @@ pub(crate) fn state(
     for (index, up) in config.upstream.iter().enumerate() {
         let upstream = Arc::new(Upstream::from_config(up, index)?);
         let forwarder = Forwarder::new(upstream.clone(), up.connect_timeout);
+        // An upstream that is sent no tokens gets them from the built-in
+        // issuer, which costs nothing, rather than from a provider.
+        let minting = if up.mint_tokens { upstream_issuer.clone() } else { issuer.clone() };
         let service = layer(
-            upstream_issuer.clone(),
+            minting,
             up.audience.as_deref(),
             up.scope.as_deref(),
             up.mint_tokens,
