@@ -237,7 +237,11 @@ pub struct Action {
 
 impl Action {
     /// Builds an action from what was seen on the wire.
-    pub fn builder(agent: AgentId, method: impl Into<String>, url: impl Into<String>) -> ActionBuilder {
+    pub fn builder(
+        agent: AgentId,
+        method: impl Into<String>,
+        url: impl Into<String>,
+    ) -> ActionBuilder {
         ActionBuilder {
             agent,
             method: method.into().to_ascii_uppercase(),
@@ -482,7 +486,8 @@ mod tests {
     #[test]
     fn preview_is_bounded_and_marked_truncated() {
         let body = "x".repeat(10_000);
-        let a = Action::builder(AgentId::new("a"), "POST", "/").body(body).preview_limit(100).build();
+        let a =
+            Action::builder(AgentId::new("a"), "POST", "/").body(body).preview_limit(100).build();
         assert_eq!(a.body.preview.len(), 100);
         assert!(a.body.truncated);
         assert_eq!(a.body.size, 10_000);

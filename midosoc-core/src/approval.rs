@@ -190,7 +190,11 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     /// When it was withdrawn or expired.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub closed_at: Option<OffsetDateTime>,
     /// Set once an approved action has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn graphql_mutation_is_named_with_its_kind() {
-        let q = json!({"query":"mutation DeleteRepo($id: ID!) { deleteRepository(id: $id) { id } }"});
+        let q =
+            json!({"query":"mutation DeleteRepo($id: ID!) { deleteRepository(id: $id) { id } }"});
         assert_eq!(name_of(q), Some((Protocol::GraphQl, "mutation DeleteRepo".into())));
         let anon = json!({"query":"{ viewer { login } }"});
         assert_eq!(name_of(anon), Some((Protocol::GraphQl, "query".into())));
