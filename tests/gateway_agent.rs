@@ -324,6 +324,10 @@ async fn action_api_allows_reads_with_a_token_and_holds_deletes_for_a_person() {
     let allowed: Value = response.json().await.unwrap();
     assert_eq!(allowed["decision"], "allow");
     assert_eq!(allowed["token_type"], "Bearer");
+    assert_eq!(allowed["assessment"]["verdict"], "allow");
+    // SECURITY: the reasoning stays with the analysts.
+    assert!(allowed["assessment"].get("rationale").is_none());
+    assert!(allowed["assessment"].get("markers").is_none());
     let claims = jwt_claims(allowed["token"].as_str().unwrap());
     assert_eq!(claims["sub"], "bot");
 
