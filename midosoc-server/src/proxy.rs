@@ -171,6 +171,10 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// A forwarder to `upstream`, connecting within `connect_timeout`.
+    ///
+    /// LIMITATION: plain `http://` upstreams only (configuration refuses
+    /// others); an API reached over TLS needs a TLS-terminating sidecar
+    /// until a rustls connector is added here.
     pub(crate) fn new(upstream: Arc<Upstream>, connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -198,6 +202,9 @@ impl Forwarder {
         if let Some(ip) = peer.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok()) {
             headers.insert(X_FORWARDED_FOR, ip);
         }
+        // The agent listener speaks plain HTTP; TLS, when there is any, ends
+        // in front of it, and forwarding headers from such a proxy are not
+        // trusted (there is no trusted-proxy list yet).
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST, host);
@@ -211,6 +218,9 @@ impl Forwarder {
         parts.uri = upstream.target(&parts.uri)?;
         parts.version = Version::HTTP_11;
 
+        // LIMITATION: `timeout` covers the response head only; a body that
+        // stalls half way is not cut off. The agent sees a stalled stream,
+        // never a response it should not have, so this is a liveness gap.
         let sent = self.client.request(Request::from_parts(parts, body));
         let response = match tokio::time::timeout(upstream.timeout, sent).await {
             Ok(Ok(response)) => response,
