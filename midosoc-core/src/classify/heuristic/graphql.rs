@@ -167,29 +167,9 @@ fn lex(text: &str) -> Vec<Tok> {
                 }
             }
             '"' => {
-                let block = chars.get(i..i + 3) == Some(&['"', '"', '"']);
-                let mut s = String::new();
-                if block {
-                    i += 3;
-                    while i < chars.len() && chars.get(i..i + 3) != Some(&['"', '"', '"']) {
-                        s.push(chars[i]);
-                        i += 1;
-                    }
-                    i += 3;
-                } else {
-                    i += 1;
-                    while i < chars.len() && chars[i] != '"' {
-                        if chars[i] == '\\' {
-                            i += 1;
-                        }
-                        if let Some(&ch) = chars.get(i) {
-                            s.push(ch);
-                        }
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                out.push(Tok::Str(s));
+                let (text, end) = string_at(&chars, i);
+                out.push(Tok::Str(text));
+                i = end;
             }
             c if c.is_alphabetic() || c == '_' => {
                 let start = i;
@@ -215,6 +195,30 @@ fn lex(text: &str) -> Vec<Tok> {
         }
     }
     out
+}
+
+/// The string starting at `chars[i] == '"'` (plain or `"""` block), and
+/// the index just past it.
+fn string_at(chars: &[char], mut i: usize) -> (String, usize) {
+    const BLOCK: [char; 3] = ['"', '"', '"'];
+    let mut text = String::new();
+    if chars.get(i..i + 3) == Some(&BLOCK) {
+        i += 3;
+        while i < chars.len() && chars.get(i..i + 3) != Some(&BLOCK) {
+            text.push(chars[i]);
+            i += 1;
+        }
+        return (text, i + 3);
+    }
+    i += 1;
+    while i < chars.len() && chars[i] != '"' {
+        if chars[i] == '\\' {
+            i += 1;
+        }
+        text.extend(chars.get(i));
+        i += 1;
+    }
+    (text, i + 1)
 }
 
 #[cfg(test)]

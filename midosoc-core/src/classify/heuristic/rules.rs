@@ -589,67 +589,8 @@ impl Lexicon {
     /// Compiles and validates a table.
     pub(super) fn compile(table: &RuleTable) -> Result<Self, RuleTableError> {
         let mut known = HashSet::default();
-        let mut verbs = PhraseMap::default();
-        let mut verb_groups = Vec::new();
-        let mut owner: HashMap<Vec<String>, String> = HashMap::default();
-
-        for (name, group) in &table.verbs {
-            let key = format!("verbs.{name}");
-            if !group.only_objects.is_empty() && !group.unless_objects.is_empty() {
-                return Err(RuleTableError::ConflictingObjects { key });
-            }
-            let index = verb_groups.len();
-            for word in &group.words {
-                let phrase = phrase(&key, "words", word)?;
-                if let Some(first) = owner.insert(phrase.clone(), key.clone()) {
-                    return Err(RuleTableError::DuplicateVerb {
-                        word: word.clone(),
-                        first,
-                        second: key,
-                    });
-                }
-                remember(&mut known, &phrase);
-                verbs.insert(phrase, index);
-            }
-            let only = if group.only_objects.is_empty() {
-                None
-            } else {
-                Some(nouns_set(&mut known, &key, "only_objects", &group.only_objects)?)
-            };
-            let unless = nouns_set(&mut known, &key, "unless_objects", &group.unless_objects)?;
-            verb_groups.push(VerbSense {
-                rule: format!("verb.{name}"),
-                label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
-                effect: group.effect.unwrap_or(Effect::Destructive),
-                risk: group.risk.unwrap_or(Risk::High),
-                on_get: group.on_get.unwrap_or_default(),
-                only,
-                unless,
-            });
-        }
-
-        let mut nouns: PhraseMap<Vec<usize>> = PhraseMap::default();
-        let mut noun_groups = Vec::new();
-        for (name, group) in &table.nouns {
-            let key = format!("nouns.{name}");
-            let index = noun_groups.len();
-            for word in &group.words {
-                for form in with_plurals(phrase(&key, "words", word)?) {
-                    remember(&mut known, &form);
-                    nouns.insert_with(form, |groups| {
-                        if !groups.contains(&index) {
-                            groups.push(index);
-                        }
-                    });
-                }
-            }
-            noun_groups.push(NounSense {
-                rule: format!("noun.{name}"),
-                label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
-                risk: group.risk.unwrap_or(Risk::High),
-                scope: group.on.unwrap_or(NounScope::Mutate),
-            });
-        }
+        let (verbs, verb_groups) = compile_verbs(&table.verbs, &mut known)?;
+        let (nouns, noun_groups) = compile_nouns(&table.nouns, &mut known)?;
 
         let r = &table.relations;
         let soft = set(&mut known, "relations", "soft", &r.soft)?;
@@ -710,6 +651,80 @@ impl Lexicon {
     pub(super) fn verb_of(&self, word: &str) -> Option<usize> {
         self.verbs.word(word).copied()
     }
+}
+
+/// The verb groups: each verb in one group only.
+fn compile_verbs(
+    groups: &BTreeMap<String, VerbGroup>,
+    known: &mut HashSet<Box<str>>,
+) -> Result<(PhraseMap<usize>, Vec<VerbSense>), RuleTableError> {
+    let mut verbs = PhraseMap::default();
+    let mut senses = Vec::new();
+    let mut owner: HashMap<Vec<String>, String> = HashMap::default();
+    for (name, group) in groups {
+        let key = format!("verbs.{name}");
+        if !group.only_objects.is_empty() && !group.unless_objects.is_empty() {
+            return Err(RuleTableError::ConflictingObjects { key });
+        }
+        let index = senses.len();
+        for word in &group.words {
+            let phrase = phrase(&key, "words", word)?;
+            if let Some(first) = owner.insert(phrase.clone(), key.clone()) {
+                return Err(RuleTableError::DuplicateVerb {
+                    word: word.clone(),
+                    first,
+                    second: key,
+                });
+            }
+            remember(known, &phrase);
+            verbs.insert(phrase, index);
+        }
+        let only = if group.only_objects.is_empty() {
+            None
+        } else {
+            Some(nouns_set(known, &key, "only_objects", &group.only_objects)?)
+        };
+        senses.push(VerbSense {
+            rule: format!("verb.{name}"),
+            label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
+            effect: group.effect.unwrap_or(Effect::Destructive),
+            risk: group.risk.unwrap_or(Risk::High),
+            on_get: group.on_get.unwrap_or_default(),
+            only,
+            unless: nouns_set(known, &key, "unless_objects", &group.unless_objects)?,
+        });
+    }
+    Ok((verbs, senses))
+}
+
+/// The noun groups: a noun may be in several, and matches its plurals.
+fn compile_nouns(
+    groups: &BTreeMap<String, NounGroup>,
+    known: &mut HashSet<Box<str>>,
+) -> Result<(PhraseMap<Vec<usize>>, Vec<NounSense>), RuleTableError> {
+    let mut nouns: PhraseMap<Vec<usize>> = PhraseMap::default();
+    let mut senses = Vec::new();
+    for (name, group) in groups {
+        let key = format!("nouns.{name}");
+        let index = senses.len();
+        for word in &group.words {
+            for form in with_plurals(phrase(&key, "words", word)?) {
+                remember(known, &form);
+                nouns.insert_with(form, |groups| {
+                    if !groups.contains(&index) {
+                        groups.push(index);
+                    }
+                });
+            }
+        }
+        senses.push(NounSense {
+            rule: format!("noun.{name}"),
+            label: group.label.clone().unwrap_or_else(|| name.replace('_', " ")),
+            risk: group.risk.unwrap_or(Risk::High),
+            scope: group.on.unwrap_or(NounScope::Mutate),
+        });
+    }
+    Ok((nouns, senses))
 }
 
 fn compile_body(

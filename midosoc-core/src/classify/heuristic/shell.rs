@@ -5,7 +5,7 @@
 //! an interpreter, `npm run x`, `make`) is reported as opaque: the gateway
 //! cannot tell what it will do, so a shell tool holds it.
 
-use super::rules::Lexicon;
+use super::rules::{Effect, Lexicon, Roles};
 use super::{sql, text};
 
 /// Longest command line read.
@@ -68,125 +68,98 @@ struct Command {
 /// Cuts a command line at `;`, `&`, `|`, newlines, `$(`, backquotes and
 /// parentheses, honouring quotes and backslashes.
 fn split(line: &str) -> Vec<Command> {
-    let mut commands = Vec::new();
-    let mut current = Command::default();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut redirect = None::<bool>;
+    let mut cutter = Cutter::default();
     let mut chars = line.chars().peekable();
-
-    let end_word = |current: &mut Command,
-                    word: &mut String,
-                    in_word: &mut bool,
-                    redirect: &mut Option<bool>| {
-        if *in_word {
-            let w = std::mem::take(word);
-            match redirect.take() {
-                Some(true) if w != "/dev/null" && !w.starts_with('&') => current.overwrites.push(w),
-                Some(_) => {}
-                None => current.words.push(w),
-            }
-            *in_word = false;
-        }
-    };
-
     while let Some(c) = chars.next() {
         match c {
             '\'' => {
-                in_word = true;
-                for q in chars.by_ref() {
-                    if q == '\'' {
-                        break;
-                    }
-                    word.push(q);
-                }
+                cutter.in_word = true;
+                cutter.word.extend(chars.by_ref().take_while(|&q| q != '\''));
             }
             '"' => {
-                in_word = true;
+                cutter.in_word = true;
                 while let Some(q) = chars.next() {
                     match q {
                         '"' => break,
-                        '\\' => {
-                            if let Some(e) = chars.next() {
-                                word.push(e);
-                            }
-                        }
-                        _ => word.push(q),
+                        '\\' => cutter.word.extend(chars.next()),
+                        _ => cutter.word.push(q),
                     }
                 }
             }
             '\\' => {
-                in_word = true;
-                if let Some(e) = chars.next() {
-                    word.push(e);
-                }
+                cutter.in_word = true;
+                cutter.word.extend(chars.next());
             }
             '>' => {
-                end_word(&mut current, &mut word, &mut in_word, &mut redirect);
-                // A digit before `>` (`2>`) was taken as a word: drop it.
-                if current.words.last().is_some_and(|w| w.chars().all(|d| d.is_ascii_digit())) {
-                    current.words.pop();
-                }
-                let append = chars.peek() == Some(&'>');
-                if append {
-                    chars.next();
-                }
-                redirect = Some(!append);
+                let append = chars.next_if_eq(&'>').is_some();
+                cutter.redirect(!append);
             }
-            '<' => {
-                end_word(&mut current, &mut word, &mut in_word, &mut redirect);
-                redirect = Some(false);
-            }
-            ';' | '&' | '|' | '\n' | '(' | ')' | '`' => {
-                end_word(&mut current, &mut word, &mut in_word, &mut redirect);
-                if !current.words.is_empty() || !current.overwrites.is_empty() {
-                    commands.push(std::mem::take(&mut current));
-                }
-            }
-            '$' if chars.peek() == Some(&'(') => {
-                chars.next();
-                end_word(&mut current, &mut word, &mut in_word, &mut redirect);
-                if !current.words.is_empty() || !current.overwrites.is_empty() {
-                    commands.push(std::mem::take(&mut current));
-                }
-            }
-            c if c.is_whitespace() => {
-                end_word(&mut current, &mut word, &mut in_word, &mut redirect)
-            }
+            '<' => cutter.redirect(false),
+            '$' if chars.next_if_eq(&'(').is_some() => cutter.end_command(),
+            ';' | '&' | '|' | '\n' | '(' | ')' | '`' => cutter.end_command(),
+            c if c.is_whitespace() => cutter.end_word(),
             c => {
-                in_word = true;
-                word.push(c);
+                cutter.in_word = true;
+                cutter.word.push(c);
             }
         }
     }
-    end_word(&mut current, &mut word, &mut in_word, &mut redirect);
-    if !current.words.is_empty() || !current.overwrites.is_empty() {
-        commands.push(current);
+    cutter.end_command();
+    cutter.commands
+}
+
+/// The state of [`split`].
+#[derive(Debug, Default)]
+struct Cutter {
+    commands: Vec<Command>,
+    current: Command,
+    word: String,
+    in_word: bool,
+    /// The next word is a redirection target; `true` when it is
+    /// overwritten (`>`), `false` when appended to or read.
+    redirect: Option<bool>,
+}
+
+impl Cutter {
+    fn end_word(&mut self) {
+        if !self.in_word {
+            return;
+        }
+        let word = std::mem::take(&mut self.word);
+        match self.redirect.take() {
+            Some(true) if word != "/dev/null" && !word.starts_with('&') => {
+                self.current.overwrites.push(word);
+            }
+            Some(_) => {}
+            None => self.current.words.push(word),
+        }
+        self.in_word = false;
     }
-    commands
+
+    fn redirect(&mut self, overwrite: bool) {
+        self.end_word();
+        // A file descriptor before `>` (`2>`) was taken as a word: drop it.
+        if overwrite
+            && self.current.words.last().is_some_and(|w| w.chars().all(|d| d.is_ascii_digit()))
+        {
+            self.current.words.pop();
+        }
+        self.redirect = Some(overwrite);
+    }
+
+    fn end_command(&mut self) {
+        self.end_word();
+        if !self.current.words.is_empty() || !self.current.overwrites.is_empty() {
+            self.commands.push(std::mem::take(&mut self.current));
+        }
+    }
 }
 
 fn simple_command(command: &Command, lex: &Lexicon, nesting: usize, out: &mut Vec<ShellFinding>) {
     for target in &command.overwrites {
         out.push(ShellFinding { effect: ShellEffect::Overwrite, matched: format!("> {target}") });
     }
-
-    // Skip `NAME=value` assignments and wrappers such as `sudo` or
-    // `timeout 10`, with their options.
-    let mut words = command.words.as_slice();
-    loop {
-        match words.first() {
-            Some(w) if is_assignment(w) => words = &words[1..],
-            Some(w) if lex.shell.wrappers.contains(program_name(w).as_str()) => {
-                words = &words[1..];
-                while words.first().is_some_and(|w| w.starts_with('-') || w.parse::<f64>().is_ok())
-                {
-                    words = &words[1..];
-                }
-            }
-            _ => break,
-        }
-    }
+    let words = unwrapped(&command.words, lex);
     let Some(first) = words.first() else { return };
     let program = program_name(first);
     let args = &words[1..];
@@ -194,22 +167,7 @@ fn simple_command(command: &Command, lex: &Lexicon, nesting: usize, out: &mut Ve
     let line = words.join(" ");
     let mut push = |effect| out.push(ShellFinding { effect, matched: line.clone() });
 
-    // Options first: `--force`, `-delete`, `git push -f`.
-    let mut destructive_option = false;
-    for arg in args.iter().filter(|a| a.starts_with('-') && a.len() > 1) {
-        for word in option_words(arg, &program, lex) {
-            let tokens = text::words(&word, lex);
-            if lex.body.roles(&tokens).has(super::rules::Roles::STATE_FLAG)
-                || lex.verb_of(&word).is_some_and(|g| is_destructive(lex, g))
-            {
-                push(ShellEffect::Destructive(word));
-                destructive_option = true;
-            } else if tokens.iter().any(|t| t == "exec") {
-                push(ShellEffect::Opaque);
-            }
-        }
-    }
-
+    let destructive_option = options(&program, args, lex, &mut push);
     if matches!(program.as_str(), "sh" | "bash" | "zsh" | "dash" | "ksh" | "fish") {
         match args.iter().position(|a| a == "-c").and_then(|i| args.get(i + 1)) {
             Some(inner) if nesting < MAX_NESTING => analyse_into(inner, lex, nesting + 1, out),
@@ -217,10 +175,7 @@ fn simple_command(command: &Command, lex: &Lexicon, nesting: usize, out: &mut Ve
         }
     } else if shell.request_programs.contains(program.as_str()) {
         let (method, url) = request_of(args);
-        match url {
-            Some(url) => push(ShellEffect::Request(method, url)),
-            None => push(ShellEffect::Write),
-        }
+        push(url.map_or(ShellEffect::Write, |url| ShellEffect::Request(method, url)));
     } else if shell.sql_programs.contains(program.as_str()) {
         let sql: Vec<&String> = args.iter().filter(|a| sql::looks_like_sql(a)).collect();
         if sql.is_empty() {
@@ -244,6 +199,49 @@ fn simple_command(command: &Command, lex: &Lexicon, nesting: usize, out: &mut Ve
     }
 }
 
+/// The words of a command without `NAME=value` assignments and wrappers
+/// such as `sudo` or `timeout 10` (with their options).
+fn unwrapped<'w>(mut words: &'w [String], lex: &Lexicon) -> &'w [String] {
+    loop {
+        match words.first() {
+            Some(w) if is_assignment(w) => words = &words[1..],
+            Some(w) if lex.shell.wrappers.contains(program_name(w).as_str()) => {
+                words = &words[1..];
+                while words.first().is_some_and(|w| w.starts_with('-') || w.parse::<f64>().is_ok())
+                {
+                    words = &words[1..];
+                }
+            }
+            _ => return words,
+        }
+    }
+}
+
+/// Reads the options of a command (`--force`, `-delete`, `git push -f`);
+/// returns whether one was destructive.
+fn options(
+    program: &str,
+    args: &[String],
+    lex: &Lexicon,
+    push: &mut impl FnMut(ShellEffect),
+) -> bool {
+    let mut destructive = false;
+    for arg in args.iter().filter(|a| a.starts_with('-') && a.len() > 1) {
+        for word in option_words(arg, program, lex) {
+            let tokens = text::words(&word, lex);
+            if lex.body.roles(&tokens).has(Roles::STATE_FLAG)
+                || lex.verb_of(&word).is_some_and(|g| is_destructive(lex, g))
+            {
+                push(ShellEffect::Destructive(word));
+                destructive = true;
+            } else if tokens.iter().any(|t| t == "exec") {
+                push(ShellEffect::Opaque);
+            }
+        }
+    }
+    destructive
+}
+
 /// `git push`, `kubectl delete pod x`, `aws ec2 terminate-instances`: the
 /// first words after the program that are verbs of the table decide.
 fn subcommands(args: &[String], lex: &Lexicon, push: &mut impl FnMut(ShellEffect)) {
@@ -258,9 +256,9 @@ fn subcommands(args: &[String], lex: &Lexicon, push: &mut impl FnMut(ShellEffect
         let Some(found) = lex.verbs.at(&tokens, 0) else { continue };
         let group = &lex.verb_groups[*found.value];
         match group.effect {
-            super::rules::Effect::Read => push(ShellEffect::Read),
-            super::rules::Effect::Write => push(ShellEffect::Write),
-            super::rules::Effect::Destructive => {
+            Effect::Read => push(ShellEffect::Read),
+            Effect::Write => push(ShellEffect::Write),
+            Effect::Destructive => {
                 let objects: Vec<String> = args
                     .iter()
                     .flat_map(|a| text::words(a, lex))
@@ -284,7 +282,7 @@ fn subcommands(args: &[String], lex: &Lexicon, push: &mut impl FnMut(ShellEffect
 }
 
 fn is_destructive(lex: &Lexicon, group: usize) -> bool {
-    lex.verb_groups.get(group).is_some_and(|g| g.effect == super::rules::Effect::Destructive)
+    lex.verb_groups.get(group).is_some_and(|g| g.effect == Effect::Destructive)
 }
 
 /// The words an option stands for: `--force-with-lease` gives itself,

@@ -133,11 +133,20 @@ pub(super) fn analyse(text: &str) -> Vec<SqlFinding> {
     findings
 }
 
-fn statement_findings(stmt: &[Tok], out: &mut Vec<SqlFinding>) {
-    let words: Vec<(usize, &str, usize)> = {
+/// A word of a statement: its token index, text and parenthesis depth.
+type Word<'t> = (usize, &'t str, usize);
+
+/// One statement and its words, for the keyword readers.
+struct Statement<'t> {
+    tokens: &'t [Tok],
+    words: Vec<Word<'t>>,
+}
+
+impl<'t> Statement<'t> {
+    fn new(tokens: &'t [Tok]) -> Self {
         let mut depth = 0usize;
         let mut words = Vec::new();
-        for (i, t) in stmt.iter().enumerate() {
+        for (i, t) in tokens.iter().enumerate() {
             match t {
                 Tok::Sym('(') => depth += 1,
                 Tok::Sym(')') => depth = depth.saturating_sub(1),
@@ -145,127 +154,57 @@ fn statement_findings(stmt: &[Tok], out: &mut Vec<SqlFinding>) {
                 _ => {}
             }
         }
-        words
-    };
-    let Some(&(_, first, _)) = words.first() else { return };
+        Self { tokens, words }
+    }
+
+    fn word(&self, k: usize) -> Option<&'t str> {
+        self.words.get(k).map(|w| w.1)
+    }
+
+    /// Whether `word` comes after the `k`-th word.
+    fn later(&self, k: usize, word: &str) -> bool {
+        self.words.iter().skip(k + 1).any(|w| w.1 == word)
+    }
+
+    /// `DELETE` or `UPDATE` at word `k`: how far its `WHERE` reaches.
+    fn reach(&self, k: usize, verb: &str) -> (SqlEffect, String, bool) {
+        let Some(&(pos, _, depth)) = self.words.get(k) else {
+            return (SqlEffect::Write, verb.to_owned(), false);
+        };
+        let (has_where, always) = where_clause(self.tokens, pos, depth);
+        let every_row = !has_where || always;
+        let matched = match (has_where, always) {
+            (false, _) => format!("{verb} without WHERE"),
+            (true, true) => format!("{verb} with an always-true WHERE"),
+            (true, false) => verb.to_owned(),
+        };
+        let effect = match (verb, every_row) {
+            ("DELETE", _) => SqlEffect::Erase,
+            (_, true) => SqlEffect::MassUpdate,
+            (_, false) => SqlEffect::Write,
+        };
+        (effect, matched, every_row)
+    }
+}
+
+fn statement_findings(tokens: &[Tok], out: &mut Vec<SqlFinding>) {
+    let stmt = Statement::new(tokens);
+    let Some(first) = stmt.word(0) else { return };
     if matches!(first, "MATCH" | "OPTIONAL" | "UNWIND" | "RETURN") {
-        cypher_findings(&words, out);
+        cypher_findings(&stmt.words, out);
         return;
     }
-    let word_at = |k: usize| words.get(k).map(|w| w.1);
-    let later = |k: usize, word: &str| words.iter().skip(k + 1).any(|w| w.1 == word);
-    let mut found = false;
-    let mut push = |effect, matched: String, sweeping| {
-        out.push(SqlFinding { effect, matched, sweeping });
-    };
 
-    for (k, &(pos, word, depth)) in words.iter().enumerate() {
-        let prev = k.checked_sub(1).and_then(word_at);
-        let next = word_at(k + 1);
-        let followed_by_paren = matches!(stmt.get(pos + 1), Some(Tok::Sym('(')));
-        let in_privileges = matches!(first, "GRANT" | "REVOKE");
-        match word {
-            "DROP" if !in_privileges => {
-                let object = if next == Some("IF") { word_at(k + 3) } else { next };
-                if let Some(object) = object.filter(|o| DROP_OBJECTS.contains(o)) {
-                    let sweeping = matches!(object, "DATABASE" | "SCHEMA" | "KEYSPACE" | "OWNED");
-                    push(SqlEffect::Erase, format!("DROP {object}"), sweeping);
-                    found = true;
-                }
-            }
-            "TRUNCATE" if !followed_by_paren && !in_privileges => {
-                push(SqlEffect::Erase, "TRUNCATE".to_owned(), true);
-                found = true;
-            }
-            "DELETE" if !in_privileges && prev != Some("ON") && later(k, "FROM") => {
-                let (has_where, always) = where_clause(stmt, pos, depth);
-                let matched = match (has_where, always) {
-                    (false, _) => "DELETE without WHERE",
-                    (true, true) => "DELETE with an always-true WHERE",
-                    (true, false) => "DELETE",
-                };
-                push(SqlEffect::Erase, matched.to_owned(), !has_where || always);
-                found = true;
-            }
-            "UPDATE"
-                if !in_privileges
-                    && !matches!(prev, Some("ON" | "FOR" | "KEY" | "DO"))
-                    && later(k, "SET") =>
-            {
-                let (has_where, always) = where_clause(stmt, pos, depth);
-                if !has_where || always {
-                    let matched = if has_where {
-                        "UPDATE with an always-true WHERE"
-                    } else {
-                        "UPDATE without WHERE"
-                    };
-                    push(SqlEffect::MassUpdate, matched.to_owned(), true);
-                } else {
-                    push(SqlEffect::Write, "UPDATE".to_owned(), false);
-                }
-                found = true;
-            }
-            "GRANT" | "REVOKE" if k == 0 => {
-                push(SqlEffect::Access, word.to_owned(), false);
-                found = true;
-            }
-            "ALTER" if k == 0 => {
-                let object = next.unwrap_or("");
-                let effect = if matches!(object, "USER" | "ROLE" | "LOGIN" | "DEFAULT") {
-                    SqlEffect::Access
-                } else {
-                    SqlEffect::Schema
-                };
-                push(effect, format!("ALTER {object}").trim_end().to_owned(), false);
-                found = true;
-            }
-            "CREATE" if k == 0 => {
-                let object = if next == Some("OR") { word_at(k + 3) } else { next };
-                let effect = match object {
-                    Some("USER" | "ROLE" | "LOGIN") => SqlEffect::Access,
-                    _ => SqlEffect::Write,
-                };
-                push(
-                    effect,
-                    format!("CREATE {}", object.unwrap_or("")).trim_end().to_owned(),
-                    false,
-                );
-                found = true;
-            }
-            "CALL" | "EXEC" | "EXECUTE" | "DO" if k == 0 => {
-                push(SqlEffect::Exec, word.to_owned(), false);
-                found = true;
-            }
-            "PROGRAM" if matches!(prev, Some("TO" | "FROM")) => {
-                push(SqlEffect::Exec, "COPY PROGRAM".to_owned(), false);
-                found = true;
-            }
-            "KILL" | "SHUTDOWN" if k == 0 => {
-                push(SqlEffect::Availability, word.to_owned(), false);
-                found = true;
-            }
-            w if followed_by_paren && STOPPING_FUNCTIONS.contains(&w) => {
-                push(SqlEffect::Availability, w.to_lowercase(), false);
-                found = true;
-            }
-            "INSERT" | "REPLACE" | "UPSERT" | "MERGE" | "COPY" | "COMMENT" | "LOCK" | "VACUUM"
-            | "REINDEX" | "CLUSTER" | "REFRESH" | "LOAD" | "OPTIMIZE" | "RENAME"
-                if k == 0 =>
-            {
-                push(SqlEffect::Write, word.to_owned(), false);
-                found = true;
-            }
-            "OUTFILE" | "DUMPFILE" if prev == Some("INTO") => {
-                push(SqlEffect::Write, format!("INTO {word}"), false);
-                found = true;
-            }
-            _ => {}
+    let before = out.len();
+    for k in 0..stmt.words.len() {
+        if let Some((effect, matched, sweeping)) = keyword(&stmt, k, first) {
+            out.push(SqlFinding { effect, matched, sweeping });
         }
     }
 
     let reads =
         ["SELECT", "WITH", "EXPLAIN", "SHOW", "DESCRIBE", "DESC", "VALUES", "TABLE", "PRAGMA"];
-    if !found && reads.contains(&first) {
+    if out.len() == before && reads.contains(&first) {
         out.push(SqlFinding {
             effect: SqlEffect::Read,
             matched: first.to_owned(),
@@ -274,8 +213,76 @@ fn statement_findings(stmt: &[Tok], out: &mut Vec<SqlFinding>) {
     }
 }
 
+/// What the `k`-th word of a statement does, if it is a keyword that acts.
+fn keyword(stmt: &Statement<'_>, k: usize, first: &str) -> Option<(SqlEffect, String, bool)> {
+    let &(pos, word, _) = stmt.words.get(k)?;
+    let prev = k.checked_sub(1).and_then(|p| stmt.word(p));
+    let next = stmt.word(k + 1);
+    let leading = k == 0;
+    let call = matches!(stmt.tokens.get(pos + 1), Some(Tok::Sym('(')));
+    // `GRANT DELETE, UPDATE ON t`: privileges named, not statements run.
+    let privileges = matches!(first, "GRANT" | "REVOKE");
+
+    let found = match word {
+        "DROP" if !privileges => {
+            let object = if next == Some("IF") { stmt.word(k + 3) } else { next };
+            let object = object.filter(|o| DROP_OBJECTS.contains(o))?;
+            let sweeping = matches!(object, "DATABASE" | "SCHEMA" | "KEYSPACE" | "OWNED");
+            (SqlEffect::Erase, format!("DROP {object}"), sweeping)
+        }
+        "TRUNCATE" if !call && !privileges => (SqlEffect::Erase, word.to_owned(), true),
+        "DELETE" if !privileges && prev != Some("ON") && stmt.later(k, "FROM") => {
+            stmt.reach(k, word)
+        }
+        "UPDATE"
+            if !privileges
+                && !matches!(prev, Some("ON" | "FOR" | "KEY" | "DO"))
+                && stmt.later(k, "SET") =>
+        {
+            stmt.reach(k, word)
+        }
+        "GRANT" | "REVOKE" if leading => (SqlEffect::Access, word.to_owned(), false),
+        "ALTER" if leading => {
+            let object = next.unwrap_or("");
+            let effect = if matches!(object, "USER" | "ROLE" | "LOGIN" | "DEFAULT") {
+                SqlEffect::Access
+            } else {
+                SqlEffect::Schema
+            };
+            (effect, format!("ALTER {object}").trim_end().to_owned(), false)
+        }
+        "CREATE" if leading => {
+            let object = if next == Some("OR") { stmt.word(k + 3) } else { next };
+            let effect = match object {
+                Some("USER" | "ROLE" | "LOGIN") => SqlEffect::Access,
+                _ => SqlEffect::Write,
+            };
+            (effect, format!("CREATE {}", object.unwrap_or("")).trim_end().to_owned(), false)
+        }
+        "CALL" | "EXEC" | "EXECUTE" | "DO" if leading => (SqlEffect::Exec, word.to_owned(), false),
+        "PROGRAM" if matches!(prev, Some("TO" | "FROM")) => {
+            (SqlEffect::Exec, "COPY PROGRAM".to_owned(), false)
+        }
+        "KILL" | "SHUTDOWN" if leading => (SqlEffect::Availability, word.to_owned(), false),
+        w if call && STOPPING_FUNCTIONS.contains(&w) => {
+            (SqlEffect::Availability, w.to_lowercase(), false)
+        }
+        "INSERT" | "REPLACE" | "UPSERT" | "MERGE" | "COPY" | "COMMENT" | "LOCK" | "VACUUM"
+        | "REINDEX" | "CLUSTER" | "REFRESH" | "LOAD" | "OPTIMIZE" | "RENAME"
+            if leading =>
+        {
+            (SqlEffect::Write, word.to_owned(), false)
+        }
+        "OUTFILE" | "DUMPFILE" if prev == Some("INTO") => {
+            (SqlEffect::Write, format!("INTO {word}"), false)
+        }
+        _ => return None,
+    };
+    Some(found)
+}
+
 /// A Cypher query (graph databases): `MATCH (n) DETACH DELETE n`.
-fn cypher_findings(words: &[(usize, &str, usize)], out: &mut Vec<SqlFinding>) {
+fn cypher_findings(words: &[Word<'_>], out: &mut Vec<SqlFinding>) {
     let has_where = words.iter().any(|w| w.1 == "WHERE");
     let mut found = false;
     for (k, &(_, word, _)) in words.iter().enumerate() {

@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::action::{AgentId, ToolAnnotations};
+use crate::action::{AgentId, ToolAnnotations, ToolInfo};
+use crate::classify::{Marker, Risk, Verdict};
 
 fn classifier() -> HeuristicClassifier {
     HeuristicClassifier::default()
