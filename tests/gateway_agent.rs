@@ -567,6 +567,9 @@ async fn with_a_sqlite_store_a_held_request_survives_a_restart_and_runs_once() {
     let id = doc["approval_id"].as_str().unwrap().to_owned();
 
     gw.restart();
+    let metrics = http.get(gw.review("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("midosoc_pending_approvals 1\n"), "{metrics}");
+
     let decided = http
         .post(gw.review(&format!("/api/approvals/{id}/approve")))
         .bearer_auth(&gw.admin_token)

@@ -11,8 +11,9 @@ use axum::response::Response;
 use futures::StreamExt;
 use http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use midosoc_core::ApprovalStore;
-use midosoc_core::store::EventKind;
+use midosoc_core::store::{ApprovalFilter, EventKind};
+use midosoc_core::{ApprovalStatus, ApprovalStore};
+use time::OffsetDateTime;
 
 /// Counter of agent requests, by outcome.
 const REQUESTS: &str = "midosoc_requests_total";
@@ -22,6 +23,9 @@ const PENDING: &str = "midosoc_pending_approvals";
 const TIME_TO_DECISION: &str = "midosoc_time_to_decision_seconds";
 /// Counter of approvals closed without a decision, by kind.
 const CLOSED: &str = "midosoc_approvals_closed_total";
+
+/// Most pending approvals counted at start-up.
+const PENDING_SCAN_LIMIT: usize = 1_000_000;
 
 /// Response extension set by the services behind the approval layer: the
 /// request was released to run.
@@ -62,9 +66,27 @@ pub(crate) fn count_outcome(response: &Response) {
     metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
 }
 
+/// Sets the pending gauge from the approvals pending now, and returns the
+/// moment counted from, for [`follow_store`].
+pub(crate) async fn count_pending(store: &dyn ApprovalStore) -> OffsetDateTime {
+    let started = OffsetDateTime::now_utc();
+    let filter = ApprovalFilter {
+        status: Some(ApprovalStatus::Pending),
+        agent: None,
+        limit: Some(PENDING_SCAN_LIMIT),
+    };
+    match store.list(&filter).await {
+        Ok(pending) => metrics::gauge!(PENDING).set(pending.len() as f64),
+        Err(error) => tracing::warn!(%error, "pending approvals not counted"),
+    }
+    started
+}
+
 /// Follows the store's events to keep the approval figures, until the
-/// stream ends.
-pub(crate) async fn watch_store(store: Arc<dyn ApprovalStore>) {
+/// stream ends. A durable store replays its history to a new subscriber;
+/// events from before `started` were counted by [`count_pending`] and are
+/// skipped.
+pub(crate) async fn follow_store(store: Arc<dyn ApprovalStore>, started: OffsetDateTime) {
     let mut events = match store.subscribe(None).await {
         Ok(events) => events,
         Err(error) => {
@@ -81,6 +103,9 @@ pub(crate) async fn watch_store(store: Arc<dyn ApprovalStore>) {
                 continue;
             }
         };
+        if event.at < started {
+            continue;
+        }
         let approval = &event.approval;
         match event.kind {
             EventKind::Pending => metrics::gauge!(PENDING).increment(1.0),

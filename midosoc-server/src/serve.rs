@@ -55,7 +55,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     let store = state.store.clone();
     tokio::spawn(async move { midosoc_core::store::run_expiry(&*store, EXPIRY_INTERVAL).await });
-    tokio::spawn(crate::metrics::watch_store(state.store.clone()));
+    let counted_from = crate::metrics::count_pending(&*state.store).await;
+    tokio::spawn(crate::metrics::follow_store(state.store.clone(), counted_from));
     tokio::spawn(crate::outage::watch(state.store.clone(), state.store_health.clone()));
 
     let agent_router = app::agent_router(state.clone());
