@@ -332,6 +332,7 @@ async fn approver_scenario(mut s: Setup) {
     let callback = query(&sign_in.callback);
     let log = s.gateway.stop();
     assert!(log.contains("analyst signed in"), "the log is captured");
+    assert!(log.contains("TRACE"), "the log was written at trace level");
     let secrets = [
         ("the ID token", id_token.as_str()),
         ("the upstream access token", access_token.as_str()),

@@ -19,7 +19,10 @@
 //! # Security
 //!
 //! Only analysts reach anything here: agent keys are refused (`401`), and
-//! only approvers and admins decide (`403` for viewers). A browser's state
+//! only approvers and admins decide (`403` for viewers). Analysts signed in
+//! with an OpenID provider get their role from the configured mapping of
+//! their ID token's claims, never from being signed in alone (see
+//! [`oidc`]). A browser's state
 //! change needs its session's CSRF token in a header and an `Origin` of
 //! this host; bearer-token calls are exempt, since browsers never attach
 //! them on their own. Every response carries a strict Content-Security-Policy

@@ -34,6 +34,17 @@
 //!   logged. The ID token is kept in the server-side session only to name
 //!   the session at sign-out.
 
+// LIMITATION: sign-in attempts live in this gateway's memory, like the
+// sessions they lead to: behind a load balancer, `/auth/login` and
+// `/auth/callback` must reach the same instance (sticky sessions), or the
+// callback finds no attempt and the analyst is asked to start again. A
+// restart loses attempts in flight the same way; nothing is let in.
+//
+// LIMITATION: the role is mapped once, at sign-in, and kept for the
+// session (at most its 12 hours): a role removed at the provider takes
+// effect at the next sign-in. The userinfo endpoint is not called, so the
+// role claim must be in the ID token, at its top level.
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
