@@ -158,13 +158,8 @@ pub(crate) fn state(
         // An upstream that is sent no tokens gets them from the built-in
         // issuer, which costs nothing, rather than from a provider.
         let minting = if up.mint_tokens { upstream_issuer.clone() } else { issuer.clone() };
-        let service = layer(
-            minting,
-            up.audience.as_deref(),
-            up.scope.as_deref(),
-            up.mint_tokens,
-        )
-        .layer(forwarder);
+        let service = layer(minting, up.audience.as_deref(), up.scope.as_deref(), up.mint_tokens)
+            .layer(forwarder);
         routes.push((upstream, service));
     }
     // SECURITY: the action API hands its token to the agent, so it always
