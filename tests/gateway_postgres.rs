@@ -29,9 +29,11 @@ struct Schema {
 
 impl Schema {
     async fn create(admin_url: &str) -> Self {
-        let name = format!("midosoc_gw_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("midosoc_gw_{}", uuid::Uuid::now_v7().simple());
         let mut db = sqlx::PgConnection::connect(admin_url).await.expect("postgres reachable");
-        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut db).await.unwrap();
+        // The name is made here of hex digits, never taken from input.
+        let sql = sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}"));
+        sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
         db.close().await.unwrap();
         Self { admin_url: admin_url.to_owned(), name }
     }
@@ -45,7 +47,8 @@ impl Schema {
     async fn drop(self) {
         let mut db = sqlx::PgConnection::connect(&self.admin_url).await.expect("postgres");
         sqlx::query("SET lock_timeout = '10s'").execute(&mut db).await.unwrap();
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name)).execute(&mut db).await.unwrap();
+        let sql = sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name));
+        sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
     }
 }
 
