@@ -161,6 +161,7 @@ impl Scan<'_> {
             return;
         }
         self.selector |= roles.has(Roles::SELECTOR);
+        self.command_key(key, &words, value, cx);
 
         match value {
             Value::String(s) => self.string_key(key, &words, roles, s, cx, nested),
@@ -177,6 +178,28 @@ impl Scan<'_> {
             }
             scalar if cx.mutating => self.scalar_key(key, roles, scalar, cx),
             _ => {}
+        }
+    }
+
+    /// A key that is itself an erasing command, as in database command
+    /// documents: `{"dropDatabase": 1}`, `{"deleteMany": {...}}`.
+    fn command_key(&mut self, key: &str, words: &[String], value: &Value, cx: &BodyCx) {
+        let lex = self.lex;
+        let Some(found) = lex.verbs.at(words, 0) else { return };
+        let erases = Some(*found.value) == lex.erase_group;
+        let given = match value {
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.trim().is_empty() && !text::falsy(s),
+            Value::Object(m) => !m.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Null => false,
+        };
+        if erases && given && cx.mutating {
+            let g = &lex.verb_groups[*found.value];
+            let kind =
+                Kind::Destructive { label: &g.label, risk: g.risk, strength: Strength::Strong };
+            self.push(&g.rule, cx.place, key, kind);
         }
     }
 
@@ -373,6 +396,8 @@ impl Scan<'_> {
         }
     }
 
+    // LIMITATION: XML, multipart and other bodies are read only as SQL or
+    // GraphQL text; the method, path and query still decide for them.
     /// A body that is not JSON: SQL or GraphQL text, by content type or by
     /// shape.
     pub(super) fn text_body(&mut self, action: &Action, method: Method) {

@@ -67,6 +67,10 @@ impl Weighing {
             match f.kind {
                 Kind::Deny if w.denied.is_none() => w.denied = Some(i),
                 Kind::Destructive { strength, .. } => {
+                    // LIMITATION: whether an upstream honours a dry-run flag
+                    // cannot be known here. A dry run therefore excuses only
+                    // what the body or query asked for; a method or path
+                    // that deletes still holds.
                     let asked = matches!(f.place, Place::Body | Place::Query);
                     let excused = (w.dry_run && asked)
                         || match strength {

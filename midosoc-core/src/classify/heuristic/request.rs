@@ -197,6 +197,10 @@ impl Scan<'_> {
         }
     }
 
+    // LIMITATION: an operation named only by words the table lacks
+    // (`generate-jitconfig` minting a runner credential, an `account_links`
+    // onboarding URL) passes as an ordinary write; the LLM classifier, when
+    // configured, is the second opinion for such names.
     pub(super) fn path_nouns(&mut self, method: Method, path: &PathView, place: Place) {
         let lex = self.lex;
         let last = path.final_literal().map(|(i, _)| i);

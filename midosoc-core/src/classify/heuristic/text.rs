@@ -98,6 +98,9 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
+// LIMITATION: look-alike letters (Cyrillic `е` for `e`) are not mapped back
+// to ASCII, for want of a confusables table; a word mixing scripts is
+// reported instead, and holds a request that changes something.
 fn flush(run: &str, lex: &Lexicon, out: &mut Vec<String>) -> bool {
     let mixed = !run.is_ascii() && run.chars().any(|c| c.is_ascii_alphabetic());
     let lower = run.to_lowercase();
@@ -157,6 +160,9 @@ fn camel_pieces(run: &str, out: &mut Vec<String>) {
 
 /// Pushes `word`, cut in two when it is a verb glued to a known word, as in
 /// etcd's `deleterange` or `purgeall`.
+// LIMITATION: only a verb at the start of a glued word is found
+// (`deleterange`, not `rangedelete`); an unknown glued word is read as one
+// word and judged by the method and the rest of the request.
 fn push_compound(word: String, known: bool, lex: &Lexicon, out: &mut Vec<String>) {
     const MIN_PART: usize = 3;
     if !known && word.len() >= 2 * MIN_PART && word.is_ascii() && lex.may_start_with_verb(&word) {
