@@ -104,6 +104,11 @@ impl Scan<'_> {
             return;
         }
         match value {
+            Value::Object(map) if json_patch(map).is_some() => {
+                if let Some((field, set)) = json_patch(map) {
+                    self.key(field, set, depth, cx, nested);
+                }
+            }
             Value::Object(map) => {
                 let request = nested_request(map, self.lex);
                 if let Some((method, target)) = request
@@ -419,6 +424,23 @@ impl Scan<'_> {
         if action.body.truncated && method.changes() {
             self.destructive(rule::BODY_UNREAD, Place::Body, "body", Strength::Moderate);
         }
+    }
+}
+
+/// A JSON Patch operation (RFC 6902) read as the field it sets:
+/// `{"op": "replace", "path": "/spec/replicas", "value": 0}` sets `replicas`
+/// to 0, and `{"op": "remove", "path": "/spec/tls"}` sets `tls` to nothing.
+/// Removing a field edits a resource; it does not delete one.
+fn json_patch(map: &Map<String, Value>) -> Option<(&str, &Value)> {
+    const NOTHING: &Value = &Value::Null;
+    let op = map.get("op")?.as_str()?;
+    let path = map.get("path")?.as_str()?.strip_prefix('/')?;
+    let field =
+        path.rsplit('/').find(|p| !p.is_empty() && !p.chars().all(|c| c.is_ascii_digit()))?;
+    match op {
+        "add" | "replace" => Some((field, map.get("value").unwrap_or(NOTHING))),
+        "remove" => Some((field, NOTHING)),
+        _ => None,
     }
 }
 

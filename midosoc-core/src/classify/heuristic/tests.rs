@@ -92,6 +92,10 @@ const HTTP_CASES: &[(&str, &str, Option<&str>, Verdict)] = &[
     ("POST", "https://k8s.example.com/apis/authorization.k8s.io/v1/subjectaccessreviews", Some(r#"{"spec":{"user":"x"}}"#), Allow),
     ("GET", "https://k8s.example.com/api/v1/namespaces/prod/pods?labelSelector=app%3Dweb", None, Allow),
     ("DELETE", "https://k8s.example.com/api/v1/namespaces/prod/pods/web?dryRun=All", None, Hold),
+    ("PATCH", "https://k8s.example.com/apis/apps/v1/namespaces/prod/deployments/web", Some(r#"[{"op":"replace","path":"/spec/replicas","value":0}]"#), Hold),
+    ("PATCH", "https://k8s.example.com/apis/apps/v1/namespaces/prod/deployments/web", Some(r#"[{"op":"remove","path":"/metadata/labels/tier"}]"#), Allow),
+    ("PATCH", "https://k8s.example.com/apis/apps/v1/namespaces/prod/deployments/web", Some(r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"web:2"}]"#), Allow),
+    ("PATCH", "https://api.example.com/v1/projects/p1", Some(r#"[{"op":"replace","path":"/settings/require_mfa","value":false}]"#), Hold),
     // Cloud providers.
     ("POST", "https://compute.example.com/compute/v1/projects/p/zones/z/instances/web-1/stop", None, Hold),
     ("POST", "https://compute.example.com/compute/v1/projects/p/zones/z/instances/web-1/start", None, Allow),
