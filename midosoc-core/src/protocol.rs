@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::action::{Operation, Protocol};
+use crate::action::{Operation, Protocol, redact_json};
 
 /// Longest `detail` kept for an operation.
 const DETAIL_LIMIT: usize = 4096;
@@ -25,7 +25,7 @@ pub(crate) fn detect(json: &Value) -> Option<Operation> {
         Value::Array(items) => {
             let mut first = items.iter().find_map(detect)?;
             if items.len() > 1 {
-                first.detail = Some(bounded(serde_json::to_string(json).unwrap_or_default()));
+                first.detail = Some(redacted_json(json));
             }
             Some(first)
         }
@@ -52,14 +52,14 @@ fn json_rpc(method: &str, params: Option<&Value>) -> Operation {
         return Operation {
             protocol: Protocol::Mcp,
             name: tool.to_owned(),
-            detail: arguments.map(|a| bounded(serde_json::to_string(a).unwrap_or_default())),
+            detail: arguments.map(redacted_json),
             tool: None,
         };
     }
     Operation {
         protocol: Protocol::JsonRpc,
         name: method.to_owned(),
-        detail: params.map(|p| bounded(serde_json::to_string(p).unwrap_or_default())),
+        detail: params.map(redacted_json),
         tool: None,
     }
 }
@@ -68,16 +68,19 @@ fn json_rpc(method: &str, params: Option<&Value>) -> Operation {
 fn graphql(map: &serde_json::Map<String, Value>) -> Option<Operation> {
     let document = map.get("query").and_then(Value::as_str)?;
     let trimmed = document.trim_start();
-    let kind = ["mutation", "subscription", "query"]
-        .into_iter()
-        .find(|k| trimmed.starts_with(k))
-        .or_else(|| trimmed.starts_with('{').then_some("query"))?;
+    // A document that opens with `{` is an anonymous query: it has no
+    // keyword and so no declared name.
+    let keyword =
+        ["mutation", "subscription", "query"].into_iter().find(|k| trimmed.starts_with(k));
+    let kind = keyword.or_else(|| trimmed.starts_with('{').then_some("query"))?;
 
-    let declared = trimmed[kind.len()..]
-        .trim_start()
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .next()
-        .filter(|s| !s.is_empty());
+    let declared = keyword.and_then(|k| {
+        trimmed[k.len()..]
+            .trim_start()
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .filter(|s| !s.is_empty())
+    });
     let named = map.get("operationName").and_then(Value::as_str).or(declared);
     let name = match named {
         Some(n) => format!("{kind} {n}"),
@@ -113,6 +116,14 @@ fn first_sql_keyword(text: &str) -> Option<&'static str> {
         .collect();
     let upper = word.to_ascii_uppercase();
     SQL_KEYWORDS.iter().copied().find(|k| *k == upper)
+}
+
+/// JSON as bounded text with the values of secret-named keys redacted: the
+/// detail is stored and shown to reviewers.
+fn redacted_json(value: &Value) -> String {
+    let mut value = value.clone();
+    redact_json(&mut value);
+    bounded(serde_json::to_string(&value).unwrap_or_default())
 }
 
 fn bounded(mut text: String) -> String {
@@ -156,6 +167,15 @@ mod tests {
         assert_eq!(name_of(q), Some((Protocol::GraphQl, "mutation DeleteRepo".into())));
         let anon = json!({"query":"{ viewer { login } }"});
         assert_eq!(name_of(anon), Some((Protocol::GraphQl, "query".into())));
+    }
+
+    #[test]
+    fn secrets_in_tool_arguments_are_redacted_in_the_detail() {
+        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"create_key","arguments":{"api_key":"sk_live_123","name":"ci"}}});
+        let detail = detect(&call).and_then(|op| op.detail).unwrap();
+        assert!(!detail.contains("sk_live_123"));
+        assert!(detail.contains("\"ci\""));
     }
 
     #[test]
