@@ -165,6 +165,44 @@ async fn upstream_can_receive_a_minted_token_instead_of_the_agent_key() {
     assert_eq!(claims["aud"], "echo-api");
     assert_eq!(claims["authorization_details"][0]["actions"][0], "read");
 
+    // An approved request carries a token bound to exactly that action.
+    let response = http
+        .delete(gw.agent("/echo/items/3"))
+        .bearer_auth(&key)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let (status, doc) = problem(response).await;
+    assert_eq!(status, 202);
+    let id = doc["approval_id"].as_str().unwrap().to_owned();
+    let decided = http
+        .post(gw.review(&format!("/api/approvals/{id}/approve")))
+        .bearer_auth(&gw.admin_token)
+        .json(&json!({"reason": "stale item"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(decided.status().is_success());
+    let seen: Value = http
+        .delete(gw.agent("/echo/items/3"))
+        .bearer_auth(&key)
+        .header("midosoc-approval", &id)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let authorization = seen["headers"]["authorization"].as_str().unwrap();
+    let claims = jwt_claims(authorization.strip_prefix("Bearer ").unwrap());
+    let detail = &claims["authorization_details"][0];
+    assert_eq!(detail["actions"][0], "DELETE");
+    assert_eq!(detail["approval_id"], id);
+    // The token names the URL the upstream received, not the gateway path.
+    assert_eq!(detail["locations"][0], format!("http://{upstream}/items/3"));
+    assert_eq!(claims["aud"], "echo-api");
+
     let jwks: Value =
         http.get(gw.agent("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kty"], "OKP");
@@ -566,6 +604,19 @@ async fn with_a_sqlite_store_a_held_request_survives_a_restart_and_runs_once() {
     assert_eq!(status, 202);
     let id = doc["approval_id"].as_str().unwrap().to_owned();
 
+    // The agent sees its approval by the path it used, not the upstream's
+    // address.
+    let mine: Value = http
+        .get(gw.agent(&format!("/v1/approvals/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["url"], "/echo/items/7");
+
     gw.restart();
     let metrics = http.get(gw.review("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("midosoc_pending_approvals 1\n"), "{metrics}");
@@ -587,6 +638,8 @@ async fn with_a_sqlite_store_a_held_request_survives_a_restart_and_runs_once() {
     assert_eq!(seen["method"], "DELETE");
     assert_eq!(seen["uri"], "/items/7");
     assert!(seen["headers"].get("midosoc-approval").is_none());
+    // Without `mint_tokens`, the token minted for the approval stays here.
+    assert!(seen["headers"].get("authorization").is_none());
 
     let (status, doc) = problem(resume().send().await.unwrap()).await;
     assert_eq!(status, 409);

@@ -215,7 +215,6 @@ impl Forwarder {
         if let Some((name, value)) = &upstream.credential {
             headers.insert(name.clone(), value.clone());
         }
-        parts.uri = upstream.target(&parts.uri)?;
         parts.version = Version::HTTP_11;
 
         // LIMITATION: `timeout` covers the response head only; a body that
@@ -302,6 +301,22 @@ fn clean_request_headers(headers: &mut HeaderMap) {
     }
 }
 
+impl Proxy {
+    /// The agent-facing form of an upstream URL: the gateway path an agent
+    /// sent, so that the upstream's address is not shown to agents.
+    pub(crate) fn agent_facing(&self, url: &str) -> String {
+        let Ok(uri) = url.parse::<Uri>() else { return url.to_owned() };
+        let found = self.routes.iter().find_map(|(up, _)| {
+            let same_host =
+                uri.scheme() == Some(&up.scheme) && uri.authority() == Some(&up.authority);
+            let rest = uri.path().strip_prefix(up.base_path.as_str()).filter(|_| same_host)?;
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            Some(format!("{}{rest}{query}", up.prefix))
+        });
+        found.unwrap_or_else(|| url.to_owned())
+    }
+}
+
 /// The upstreams, longest prefix first, each behind its approval layer.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
@@ -317,14 +332,22 @@ impl Proxy {
 
     /// Checks and forwards one authenticated agent request.
     pub(crate) async fn handle(&self, request: Request<Body>) -> Response {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         if let Err(error) = check_request(&parts) {
             return error.into_response();
         }
         let path = parts.uri.path();
-        let Some((_, service)) = self.routes.iter().find(|(up, _)| path.starts_with(&up.prefix))
+        let Some((upstream, service)) =
+            self.routes.iter().find(|(up, _)| path.starts_with(&up.prefix))
         else {
             return AppError::NoRoute(path.to_owned()).into_response();
+        };
+        // INVARIANT: the approval layer sees the upstream's own URL, so the
+        // action analysts review, and the location a minted token allows,
+        // are exactly what the upstream receives.
+        parts.uri = match upstream.target(&parts.uri) {
+            Ok(uri) => uri,
+            Err(error) => return error.into_response(),
         };
         let request = Request::from_parts(parts, body);
         match service.clone().oneshot(request).await {
@@ -400,6 +423,23 @@ mod tests {
         clean_request_headers(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn upstream_urls_are_shown_to_agents_as_gateway_paths() {
+        let up = Arc::new(upstream("http://127.0.0.1:2379/", "/kv/"));
+        let forwarder = Forwarder::new(up.clone(), Duration::from_secs(1));
+        let layer = midosoc_tower::HumanApprovalLayer::new(
+            midosoc_core::classify::HeuristicClassifier::default(),
+            midosoc_core::store::MemoryStore::new(),
+            midosoc_core::token::LocalIssuer::generate("iss", "aud"),
+        );
+        let proxy = Proxy::new(vec![(up, tower::Layer::layer(&layer, forwarder))]);
+        assert_eq!(
+            proxy.agent_facing("http://127.0.0.1:2379/v3/kv/range?x=1"),
+            "/kv/v3/kv/range?x=1"
+        );
+        assert_eq!(proxy.agent_facing("https://api.example.com/x"), "https://api.example.com/x");
     }
 
     #[test]

@@ -345,7 +345,7 @@ pub(crate) async fn approval_status(
         id: approval.id,
         status: approval.status.to_string(),
         method: approval.action.method.clone(),
-        url: approval.action.url.clone(),
+        url: state.proxy.agent_facing(&approval.action.url),
         created_at: approval.created_at,
         expires_at: approval.expires_at,
         decided_at: decision.map(|d| d.decided_at).or(approval.closed_at),
