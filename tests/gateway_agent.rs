@@ -645,3 +645,65 @@ async fn with_a_sqlite_store_a_held_request_survives_a_restart_and_runs_once() {
     assert_eq!(status, 409);
     assert_eq!(doc["type"], "https://midosoc.dev/problems/already-executed");
 }
+
+#[tokio::test]
+async fn protected_api_accepts_only_what_passed_the_gateway() {
+    // The API's address goes into the gateway's configuration, and the
+    // gateway's keys into the API: bind first, serve once both are known.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = Gateway::start(&upstream_config(
+        "items",
+        "/api/",
+        &addr.to_string(),
+        "mint_tokens = true\naudience = \"items-api\"",
+    ));
+    let key = gw.add_agent("bot");
+    let http = client();
+
+    let jwks: midosoc_core::token::Jwks =
+        http.get(gw.agent("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let api = axum::Router::new()
+        .route("/items", axum::routing::get(|| async { "[1,2,3]" }))
+        .route("/items/{id}", axum::routing::delete(|| async { "deleted" }))
+        .layer(midosoc_tower::VerifyTokenLayer::new(jwks, gw.agent_url.clone(), "items-api"));
+    tokio::spawn(async move { axum::serve(listener, api).await });
+
+    // Straight to the API, without the gateway: refused.
+    let direct = http.get(format!("http://{addr}/items")).send().await.unwrap();
+    assert_eq!(direct.status(), 401);
+
+    // Through the gateway: a read passes with its read-scoped token.
+    let read = http.get(gw.agent("/api/items")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.text().await.unwrap(), "[1,2,3]");
+
+    // A delete is held, approved, and then accepted by the API.
+    let response = http
+        .delete(gw.agent("/api/items/2"))
+        .bearer_auth(&key)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let (status, doc) = problem(response).await;
+    assert_eq!(status, 202);
+    let id = doc["approval_id"].as_str().unwrap().to_owned();
+    let decided = http
+        .post(gw.review(&format!("/api/approvals/{id}/approve")))
+        .bearer_auth(&gw.admin_token)
+        .json(&json!({"reason": "duplicate item"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(decided.status().is_success());
+    let deleted = http
+        .delete(gw.agent("/api/items/2"))
+        .bearer_auth(&key)
+        .header("midosoc-approval", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(deleted.text().await.unwrap(), "deleted");
+}
