@@ -143,9 +143,10 @@ impl HumanApprovalLayer {
     /// `Authorization`, minted per request with [`Grant::read_only`]. Off
     /// by default: the safe path then never calls the issuer.
     ///
-    /// [`VerifyTokenLayer`](crate::VerifyTokenLayer) accepts a read token
-    /// only on `GET`, `HEAD` and `OPTIONS`, so an allowed `POST` behind a
-    /// verifier is still refused: there, only an approval opens it.
+    /// A read token names `read` plus the request's own method and binds
+    /// its body digest, so an allowed `POST` (a search, a range read) is
+    /// covered by [`VerifyTokenLayer`](crate::VerifyTokenLayer) and the same
+    /// token cannot carry another body or method.
     pub fn mint_read_tokens(mut self, enabled: bool) -> Self {
         self.shared.config.mint_read_tokens = enabled;
         self

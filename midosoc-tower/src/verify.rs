@@ -341,8 +341,8 @@ fn allows(claims: &Claims, parts: &Parts, body: &[u8]) -> Result<(), &'static st
     body_allowed(detail, method, body)
 }
 
-/// A request body must match the digest an approval token carries; a read
-/// token, which carries none, only covers methods that change nothing.
+/// A request body must match the digest the token carries; a token
+/// without one only covers methods that change nothing.
 fn body_allowed(
     detail: &AuthorizationDetail,
     method: &Method,

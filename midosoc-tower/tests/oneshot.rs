@@ -261,7 +261,7 @@ async fn read_tokens_are_minted_for_allowed_requests_only_when_asked() {
     assert_eq!(status, StatusCode::OK);
     let token = body["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
     let claims = parts.issuer.inner.jwks().verify(token, ISSUER, AUDIENCE).unwrap();
-    assert_eq!(claims.authorization_details[0].actions, ["read"]);
+    assert_eq!(claims.authorization_details[0].actions, ["read", "GET"]);
     assert_eq!(claims.authorization_details[0].locations, ["/accounts/1"]);
     assert_eq!(parts.issuer.calls(), 1);
 }

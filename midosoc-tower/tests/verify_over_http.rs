@@ -27,6 +27,7 @@ impl Api {
         let app = Router::new()
             .route("/accounts/{id}", delete(|| async { "closed" }).get(|| async { "balance" }))
             .route("/health", get(|| async { "ok" }))
+            .route("/search", axum::routing::post(|| async { "results" }))
             .layer(verify);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -152,5 +153,25 @@ async fn a_read_token_reads_but_cannot_delete() {
 
     let token = read().await;
     let (status, body) = status_and_json(api.delete("/accounts/7", Some(&token), "").await).await;
+    assert_eq!((status, problem_type(&body)), (403, ProblemKind::TokenMismatch.type_uri()));
+}
+
+#[tokio::test]
+async fn a_read_token_for_an_allowed_post_covers_that_body_only() {
+    let api = Api::start().await;
+    let body = r#"{"q":"balance"}"#;
+    let action = Action::builder(AgentId::new("a"), "POST", "/search").body(body).build();
+    let read = || async {
+        api.issuer.issue(&Grant::read_only(&action)).await.unwrap().token.expose().to_owned()
+    };
+    let post = |token: String, body: &'static str| {
+        api.client.post(api.url("/search")).bearer_auth(token).body(body).send()
+    };
+
+    let response = post(read().await, r#"{"q":"balance"}"#).await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "results");
+
+    let response = post(read().await, r#"{"q":"other"}"#).await.unwrap();
+    let (status, body) = status_and_json(response).await;
     assert_eq!((status, problem_type(&body)), (403, ProblemKind::TokenMismatch.type_uri()));
 }

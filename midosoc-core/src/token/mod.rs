@@ -37,9 +37,9 @@ pub struct AuthorizationDetail {
     pub kind: String,
     /// The URL the action targets.
     pub locations: Vec<String>,
-    /// The HTTP method, or `read` for a read-scoped token.
+    /// The HTTP method; read-scoped tokens also carry `read`.
     pub actions: Vec<String>,
-    /// Digest of the body the action carries; absent on read-scoped tokens.
+    /// Digest of the body the action carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_digest: Option<Sha256Digest>,
     /// The approval that allowed it; absent on read-scoped tokens.
@@ -89,8 +89,11 @@ impl Grant {
             detail: AuthorizationDetail {
                 kind: AUTHORIZATION_DETAILS_TYPE.to_owned(),
                 locations: vec![action.url.clone()],
-                actions: vec!["read".to_owned()],
-                body_digest: None,
+                // `read` marks the token as needing no approval; the method
+                // and body digest still bind it to this one request, so an
+                // allowed POST (a search, say) is covered and nothing else.
+                actions: vec!["read".to_owned(), action.method.clone()],
+                body_digest: Some(action.body.digest),
                 approval_id: None,
             },
             audience: None,
