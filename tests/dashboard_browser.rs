@@ -13,8 +13,9 @@
 //! never reaches it. Finally the gateway stops and the dashboard must show
 //! that its live connection dropped.
 //!
-//! A screenshot of the dashboard with a held request open is saved to
-//! `docs/dashboard.png`.
+//! A screenshot of the dashboard with a held request open is saved under
+//! the target directory; with `MIDOSOC_UPDATE_SCREENSHOT=1` it replaces the
+//! one in `docs/dashboard.png` that the README shows.
 //!
 //! Needs `chromium`, `node` and `npm ci --prefix tests/browser`; skips
 //! without them unless `MIDOSOC_REQUIRE_PEERS=1`.
@@ -153,7 +154,11 @@ async fn run(chromium: PathBuf, node: PathBuf) {
     ));
     let token = gw.add_analyst("alice", "approver");
     let key = gw.add_agent("billing-bot");
-    let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
+    let screenshot = if std::env::var("MIDOSOC_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png")
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png")
+    };
 
     let mut script = tokio::process::Command::new(node)
         .arg("dashboard.mjs")
