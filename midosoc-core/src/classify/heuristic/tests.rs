@@ -403,6 +403,18 @@ fn built_in_rule_table_loads_and_round_trips() {
 }
 
 #[test]
+fn an_empty_table_judges_by_method_alone() {
+    let c = HeuristicClassifier::new(RuleTable::empty()).unwrap();
+    let refund =
+        http("POST", "https://api.stripe.com/v1/refunds", Some(json!({"charge": "c"})), &[]);
+    assert_eq!(c.assess(&refund).verdict, Allow);
+    let delete = http("DELETE", "https://api.github.com/repos/acme/billing", None, &[]);
+    assert_eq!(c.assess(&delete).verdict, Hold);
+    let sql = http("POST", "https://db.example.com/q", Some(json!({"sql": "DROP TABLE t"})), &[]);
+    assert_eq!(c.assess(&sql).verdict, Allow, "no key is known to carry SQL");
+}
+
+#[test]
 fn rule_table_errors_name_the_bad_key() {
     let cases: &[(&str, &str)] = &[
         ("[verbs.erase]\nrisk = \"extreme\"\n", "verbs.erase.risk"),
