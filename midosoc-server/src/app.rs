@@ -16,6 +16,7 @@ use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use midosoc_core::classify::{ComposedClassifier, HeuristicClassifier};
 use midosoc_core::store::AuditLog;
 use midosoc_core::token::LocalIssuer;
 use midosoc_core::{ApprovalStore, Classifier, TokenIssuer};
@@ -23,7 +24,7 @@ use midosoc_tower::{HumanApproval, HumanApprovalLayer};
 use tokio::sync::watch;
 use tower::Layer;
 
-use crate::config::{Config, redact_url};
+use crate::config::{ClassifierConfig, Config, redact_url};
 use crate::identity::Identities;
 use crate::proxy::{Forwarder, Proxy, Upstream};
 use crate::routes::agent::{self, ActionEcho};
@@ -90,14 +91,27 @@ pub(crate) struct Parts {
 pub(crate) async fn open(config: &Config, agent_url: &str) -> anyhow::Result<Parts> {
     let identities = Identities::open(&config.data_dir).await?;
     let (store, audit) = open_store(&config.store_url()).await?;
-    let classifier: Arc<dyn Classifier> =
-        Arc::new(midosoc_core::classify::HeuristicClassifier::default());
+    let classifier = classifier(&config.classifier)?;
     let issuer_name = config.issuer.issuer.clone().unwrap_or_else(|| agent_url.to_owned());
     let issuer = keys::load_or_create(&config.data_dir, &issuer_name, &config.issuer.audience)?
         .with_lifetime(config.issuer.token_ttl);
     let issuer = Arc::new(issuer);
     let upstream_issuer = crate::issuer::build(&config.issuer, issuer.clone())?;
     Ok(Parts { identities, store, audit, classifier, issuer, upstream_issuer })
+}
+
+/// The classifier `[classifier]` describes: the built-in rules, and with a
+/// `[classifier.llm]` table the rules composed with the model, which may
+/// raise their verdict (or, in shadow mode, only give its opinion).
+fn classifier(config: &ClassifierConfig) -> anyhow::Result<Arc<dyn Classifier>> {
+    let rules = HeuristicClassifier::default();
+    let (Some(llm_config), Some(llm)) = (&config.llm, config.llm_classifier()?) else {
+        return Ok(Arc::new(rules));
+    };
+    // SECURITY: the description names the model, the URL (password
+    // redacted) and the mode; the key is never part of the configuration.
+    tracing::info!(classifier = %config, "llm classifier on");
+    Ok(Arc::new(ComposedClassifier::new(rules, llm).with_policy(llm_config.policy())))
 }
 
 /// The approval store and its audit trail, as [`open_store`] returns them.

@@ -153,10 +153,12 @@ pub(crate) fn config(file: Option<&Path>, command: ConfigCommand) -> anyhow::Res
             let config = Config::load(file)?;
             let source = file.map_or("defaults".to_owned(), |f| format!("`{}`", f.display()));
             println!(
-                "configuration {source} is valid: agents on {}, dashboard on {}, {} upstream(s)",
+                "configuration {source} is valid: agents on {}, dashboard on {}, {} upstream(s), \
+                 classifier: {}",
                 config.agent.listen,
                 config.review.listen,
-                config.upstream.len()
+                config.upstream.len(),
+                config.classifier,
             );
         }
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use midosoc_core::classify::{CompositionMode, LlmClassifier, LlmConfig, LlmError};
 use serde::{Deserialize, Serialize};
 
 use crate::issuer::ProviderIssuerConfig;
@@ -225,14 +226,64 @@ pub(crate) enum OnOutage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ClassifierConfig {
-    /// `heuristic` for now.
+    /// `heuristic`: the built-in rule table.
     pub(crate) kind: String,
+    /// `[classifier.llm]`: a language model asked for a second opinion,
+    /// which may raise the rules' verdict but never lower it. Unset: the
+    /// rules alone decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) llm: Option<LlmConfig>,
 }
 
 impl Default for ClassifierConfig {
     fn default() -> Self {
-        Self { kind: "heuristic".to_owned() }
+        Self { kind: "heuristic".to_owned(), llm: None }
     }
+}
+
+impl ClassifierConfig {
+    /// The LLM classifier `[classifier.llm]` describes, with its API key
+    /// read, or `None` when the table is absent. Nothing is sent to the
+    /// model here.
+    pub(crate) fn llm_classifier(&self) -> Result<Option<LlmClassifier>, ConfigError> {
+        let Some(llm) = &self.llm else { return Ok(None) };
+        check_url("classifier.llm.base_url", Some(&llm.base_url))?;
+        LlmClassifier::from_config(llm).map(Some).map_err(|e| {
+            let problem = match e {
+                LlmError::InvalidConfig(problem) => problem,
+                other => one_line(&other),
+            };
+            ConfigError::invalid("classifier.llm", problem)
+        })
+    }
+}
+
+impl fmt::Display for ClassifierConfig {
+    /// `rules`, or `rules + llm `MODEL` at URL (MODE mode)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rules")?;
+        if let Some(llm) = &self.llm {
+            let mode = match llm.mode {
+                CompositionMode::Shadow => "shadow",
+                _ => "enforce",
+            };
+            let url = redact_url(&llm.base_url);
+            write!(f, " + llm `{}` at {url} ({mode} mode)", llm.model)?;
+        }
+        Ok(())
+    }
+}
+
+/// An error and its sources on one line, joined by `: `.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// `[issuer]`: how tokens are minted.
@@ -500,6 +551,9 @@ impl Config {
                 format!("`{}` is not supported; use `heuristic`", self.classifier.kind),
             ));
         }
+        // Builds the client and reads the key, so that a missing key or a
+        // bad URL stops `config check` and start-up, not the first request.
+        self.classifier.llm_classifier()?;
         if !crate::issuer::KINDS.contains(&self.issuer.kind.as_str()) {
             return Err(ConfigError::invalid(
                 "issuer.kind",
@@ -796,6 +850,91 @@ mod tests {
         let err = unset.read("upstream[0].credential.value").unwrap_err().to_string();
         assert!(err.contains("MIDOSOC_TEST_SURELY_UNSET"), "{err}");
         assert!(SecretSource::default().read("k").is_err());
+    }
+
+    /// The first `[classifier.llm]` block of `text`: in the example, the
+    /// commented lines up to a blank one, with `# ` taken off the keys; in
+    /// the guide, the code block, without its comments.
+    fn llm_block(text: &str, commented: bool) -> String {
+        let (header, end) =
+            if commented { ("# [classifier.llm]", "\n\n") } else { ("[classifier.llm]", "```") };
+        let start = text.find(&format!("\n{header}\n")).expect("a [classifier.llm] block");
+        let block = text[start + 1..].split(end).next().unwrap_or_default();
+        block
+            .lines()
+            .filter_map(|line| if commented { line.strip_prefix("# ") } else { Some(line) })
+            .filter(|line| line.starts_with('[') || line.contains(" = "))
+            .filter(|line| !line.starts_with('`'))
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    fn llm_table(block: &str) -> LlmConfig {
+        Figment::from(Toml::string(block)).extract_inner("classifier.llm").unwrap()
+    }
+
+    #[test]
+    fn llm_blocks_of_the_example_and_the_guide_list_the_defaults() {
+        let guide = include_str!("../../docs/llm.md");
+        for block in [llm_block(EXAMPLE, true), llm_block(guide, false)] {
+            let table = llm_table(&block);
+            let mut expected = LlmConfig::new(&table.base_url, &table.model);
+            expected.api_version = table.api_version.clone();
+            expected.api_key_env = table.api_key_env.clone();
+            expected.api_key_file = table.api_key_file.clone();
+            assert_eq!(table, expected, "{block}");
+            assert!(table.api_key_env.is_some(), "{block}");
+        }
+    }
+
+    #[test]
+    fn without_an_llm_table_the_rules_alone_decide() {
+        let config = Config::from_toml("[classifier]\nkind = \"heuristic\"\n").unwrap();
+        assert_eq!(config.classifier.llm, None);
+        assert!(config.classifier.llm_classifier().unwrap().is_none());
+    }
+
+    #[test]
+    fn llm_table_is_read_and_its_key_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("llm-key");
+        std::fs::write(&key, "sk-test-0123456789abcdef\n").unwrap();
+        let toml = format!(
+            "[classifier.llm]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
+             api_key_file = {key:?}\nmode = \"shadow\"\nskip_confidence = 0.5\n"
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let llm = config.classifier.llm.as_ref().unwrap();
+        assert_eq!(llm.policy().mode, CompositionMode::Shadow);
+        assert_eq!(
+            config.classifier.to_string(),
+            "rules + llm `m` at http://127.0.0.1:9/v1 (shadow mode)"
+        );
+        assert_eq!(llm.policy().skip_confidence, Some(0.5));
+        let classifier = config.classifier.llm_classifier().unwrap().unwrap();
+        assert!(!format!("{classifier:?} {config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn bad_llm_tables_fail_with_one_line_naming_the_key() {
+        let base = "[classifier.llm]\nmodel = \"m\"\n";
+        let cases = [
+            (
+                "base_url = \"http://x/v1\"\napi_key_env = \"MIDOSOC_TEST_SURELY_UNSET\"",
+                "`MIDOSOC_TEST_SURELY_UNSET`",
+            ),
+            ("base_url = \"http://x/v1\"\napi_key_file = \"/nonexistent/key\"", "key file"),
+            ("base_url = \"localhost:11434/v1\"", "classifier.llm.base_url"),
+            ("base_url = \"http://x/v1\"\nskip_confidence = 2.0", "skip_confidence"),
+            ("base_url = \"http://x/v1\"\napi_key = \"inline\"", "classifier.llm.api_key"),
+            ("model_name = \"m\"", "classifier.llm"),
+        ];
+        for (lines, expected) in cases {
+            let err = Config::from_toml(&format!("{base}{lines}\n")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{lines}: {err}");
+            assert!(err.contains("classifier.llm"), "{lines}: {err}");
+            assert!(!err.contains('\n'), "{lines}: {err}");
+        }
     }
 
     #[test]

@@ -143,6 +143,9 @@ fn print_banner(config: &Config, agent_url: &str, review_url: &str, first_analys
     for up in &config.upstream {
         println!("  upstream:       {agent_url}{} -> {} ({})", up.prefix, up.url, up.name);
     }
+    if config.classifier.llm.is_some() {
+        println!("  classifier:     {}", config.classifier);
+    }
     println!("  data:           {}", config.data_dir.display());
     if let Some(token) = first_analyst {
         println!();

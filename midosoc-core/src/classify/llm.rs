@@ -116,7 +116,7 @@ pub enum ResponseFormatMode {
 
 /// Settings of the LLM classifier and of its composition with the rules,
 /// as read from the `[classifier.llm]` configuration section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
     /// Endpoint flavour.
