@@ -1,6 +1,8 @@
 //! Reading a body: keys that are settings or operations, SQL, shell
 //! commands, and requests nested inside it. Free text is never read.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::request::{Method, split_target};
@@ -154,7 +156,7 @@ impl Scan<'_> {
         if lex.body.overwrite_operators.contains(key) {
             self.destructive(rule::OVERWRITE_OP, cx.place, key, Strength::Strong);
         }
-        let words = text::words(key, lex);
+        let words = key_words(key, lex);
         let roles = lex.body.roles(&words);
         if words.is_empty() || roles.has(Roles::DATA) {
             return;
@@ -188,7 +190,7 @@ impl Scan<'_> {
 
     /// A key that is itself an erasing command, as in database command
     /// documents: `{"dropDatabase": 1}`, `{"deleteMany": {...}}`.
-    fn command_key(&mut self, key: &str, words: &[String], value: &Value, cx: &BodyCx) {
+    fn command_key(&mut self, key: &str, words: &[Cow<'_, str>], value: &Value, cx: &BodyCx) {
         let lex = self.lex;
         let Some(found) = lex.verbs.at(words, 0) else { return };
         let erases = Some(*found.value) == lex.erase_group;
@@ -262,7 +264,7 @@ impl Scan<'_> {
     pub(super) fn string_key(
         &mut self,
         key: &str,
-        words: &[String],
+        words: &[Cow<'_, str>],
         roles: Roles,
         s: &str,
         cx: &BodyCx,
@@ -273,7 +275,7 @@ impl Scan<'_> {
             let verbs = text::words(s, lex);
             self.operation_verbs(&verbs, cx.place);
         }
-        let search_text = words == ["query"] && cx.search;
+        let search_text = matches!(words, [only] if only == "query") && cx.search;
         if roles.has(Roles::SQL) && !search_text && sql::looks_like_sql(s) {
             self.sql(s);
         } else if roles.has(Roles::COMMAND) && looks_like_command(s) {
@@ -424,6 +426,18 @@ impl Scan<'_> {
         if action.body.truncated && method.changes() {
             self.destructive(rule::BODY_UNREAD, Place::Body, "body", Strength::Moderate);
         }
+    }
+}
+
+/// The words of a JSON key. A plain `snake_case` or `kebab-case` key is cut
+/// without copying; anything else goes through the full tokeniser.
+fn key_words<'k>(key: &'k str, lex: &Lexicon) -> Vec<Cow<'k, str>> {
+    let plain =
+        key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if plain {
+        key.split(['_', '-']).filter(|w| !w.is_empty()).map(Cow::Borrowed).collect()
+    } else {
+        text::words(key, lex).into_iter().map(Cow::Owned).collect()
     }
 }
 
