@@ -1,24 +1,36 @@
-//! `midosoc eval`: runs the heuristic classifier over a labelled corpus and
-//! reports, per API and overall, how its verdicts meet the labels.
+//! `midosoc eval`: runs the classifier over a labelled corpus and reports,
+//! per API and overall, how its verdicts meet the labels.
 //!
 //! Each line of the corpus is one request or MCP tool call with a label
 //! (`read`, `write` or `destructive`). The classifier sees what a gateway
 //! would see: method, URL and body, or for a tool call the JSON-RPC body with
 //! the tool's advertised description and annotations. The corpus's own
 //! `operation`, `summary` and `reason` columns are never read.
+//!
+//! When the configuration has a `[classifier.llm]` table, every row goes to
+//! the rules composed with the model, and one call yields three sets of
+//! figures: the rules alone and the model alone (read back from the
+//! composed assessment's opinions) and the composition, with the model's
+//! failures counted by reason.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use midosoc_core::action::{ToolAnnotations, ToolInfo};
-use midosoc_core::classify::{HeuristicClassifier, RuleTable, Verdict};
-use midosoc_core::{Action, AgentId};
+use midosoc_core::classify::{
+    ComposedClassifier, CompositionMode, HeuristicClassifier, LlmClassifier, LlmConfig, RuleTable,
+    Verdict, advisor_opinion, rules_opinion,
+};
+use midosoc_core::{Action, AgentId, Assessment, Classifier};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::config::Config;
 
 /// Where tool calls are addressed: the classifier judges the call, not the
 /// endpoint, so one neutral URL serves every MCP server.
@@ -162,21 +174,62 @@ struct Evaluation {
     timings: Vec<u128>,
 }
 
-/// Runs the evaluation.
-pub(crate) fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let classifier = classifier(args.rules.as_ref())?;
+/// The rules alone and the model alone, beside a composed [`Evaluation`].
+#[derive(Debug, Default)]
+struct Comparison {
+    rules: Tally,
+    /// Only the rows the model answered.
+    llm: Tally,
+    /// Rows the model gave no opinion on, by reason (`timeout`, ...).
+    failures: BTreeMap<String, usize>,
+}
+
+/// Runs the evaluation; `config` is the gateway's configuration file, whose
+/// `[classifier.llm]` table (if any) brings the model in.
+pub(crate) fn run(args: &EvalArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let llm = Config::load(config)?.classifier.llm;
+    let rules = classifier(args.rules.as_ref())?;
     let text = std::fs::read_to_string(&args.corpus)
         .with_context(|| format!("cannot read corpus `{}`", args.corpus.display()))?;
     let source = args.corpus.display().to_string();
 
-    let mut eval = evaluate(&classifier, &text, &source, args.verbose);
+    let (mut eval, comparison) = match llm {
+        None => (evaluate(&rules, &text, &source, args.verbose), None),
+        Some(llm) => {
+            let classifier = composed(rules, &llm)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let (eval, comparison) =
+                runtime.block_on(compare(&classifier, &text, &source, args.verbose));
+            (eval, Some(comparison))
+        }
+    };
     let median_ns = median(&mut eval.timings);
-    print!("{}", report(&eval.overall, &eval.per_api, eval.skipped, median_ns));
+    let overall = if comparison.is_some() { "overall (rules + llm)" } else { "overall" };
+    print!("{}", report(overall, &eval, median_ns));
+    if let Some(comparison) = &comparison {
+        print!("{}", compared(comparison));
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&summary(&eval, median_ns))?);
+        let summary = summary(&eval, median_ns, comparison.as_ref());
+        println!("{}", serde_json::to_string(&summary)?);
     }
 
     Ok(if eval.overall.rows() == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The rules composed with the model `config` describes, as the gateway
+/// composes them, except that every row goes to the model and it may
+/// raise verdicts whatever `mode` says: the figures show what enforcing
+/// would do, and the model-only figures cover the whole corpus.
+fn composed(
+    rules: HeuristicClassifier,
+    config: &LlmConfig,
+) -> anyhow::Result<ComposedClassifier<HeuristicClassifier, LlmClassifier>> {
+    let llm = LlmClassifier::from_config(config).context("cannot set up the llm classifier")?;
+    let mut policy = config.policy();
+    policy.skip_confidence = None;
+    policy.mode = CompositionMode::Enforce;
+    Ok(ComposedClassifier::new(rules, llm).with_policy(policy))
 }
 
 /// Classifies every line of `text`. A line that is not a record is
@@ -187,32 +240,59 @@ fn evaluate(
     source: &str,
     verbose: bool,
 ) -> Evaluation {
-    let mut eval = Evaluation::default();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = match parse_row(line) {
-            Ok(row) => row,
-            Err(error) => {
-                eprintln!("{source}:{}: skipped: {error:#}", index + 1);
-                eval.skipped += 1;
-                continue;
-            }
-        };
-        let action = match action_of(&row) {
-            Ok(action) => action,
-            Err(error) => {
-                eprintln!("{source}:{}: skipped `{}`: {error:#}", index + 1, row.id);
-                eval.skipped += 1;
-                continue;
-            }
-        };
-
+    let (rows, skipped) = parse_corpus(text, source);
+    let mut eval = Evaluation { skipped, ..Evaluation::default() };
+    for (row, action) in rows {
         let started = Instant::now();
         let assessment = classifier.assess(&action);
         eval.timings.push(started.elapsed().as_nanos());
+        eval.record(&row, &assessment, verbose);
+    }
+    eval
+}
 
+/// Classifies every line of `text` with the composed `classifier`, as many
+/// rows at once as it allows model calls, and reads the rules' and the
+/// model's own verdicts back from each assessment.
+async fn compare<C: Classifier>(
+    classifier: &ComposedClassifier<C, LlmClassifier>,
+    text: &str,
+    source: &str,
+    verbose: bool,
+) -> (Evaluation, Comparison) {
+    let (rows, skipped) = parse_corpus(text, source);
+    let mut eval = Evaluation { skipped, ..Evaluation::default() };
+    let mut comparison = Comparison::default();
+
+    let in_flight = classifier.policy().max_concurrent.max(1);
+    let mut results = futures::stream::iter(rows)
+        .map(|(row, action)| async move {
+            let started = Instant::now();
+            let result = classifier.classify(&action).await;
+            (row, result, started.elapsed().as_nanos())
+        })
+        .buffered(in_flight);
+
+    while let Some((row, result, elapsed)) = results.next().await {
+        let assessment = match result {
+            Ok(assessment) => assessment,
+            Err(error) => {
+                eprintln!("{source}: skipped `{}`: the rules failed: {error}", row.id);
+                eval.skipped += 1;
+                continue;
+            }
+        };
+        eval.timings.push(elapsed);
+        eval.record(&row, &assessment, verbose);
+        comparison.record(&row, &assessment);
+    }
+    (eval, comparison)
+}
+
+impl Evaluation {
+    /// Counts `assessment` for `row`, printing it when `verbose` and its
+    /// verdict does not match the label.
+    fn record(&mut self, row: &Row, assessment: &Assessment, verbose: bool) {
         let stopped = assessment.verdict != Verdict::Allow;
         if verbose && stopped != (row.label == Label::Destructive) {
             let markers: Vec<String> = assessment
@@ -230,15 +310,75 @@ fn evaluate(
             println!("    {}", markers.join("  "));
         }
 
-        eval.overall.add(&row, assessment.verdict);
-        eval.per_api.entry(row.api.clone()).or_default().add(&row, assessment.verdict);
+        self.overall.add(row, assessment.verdict);
+        self.per_api.entry(row.api.clone()).or_default().add(row, assessment.verdict);
     }
-    eval
+}
+
+impl Comparison {
+    /// Counts the rules' and the model's opinions inside a composed
+    /// `assessment`.
+    fn record(&mut self, row: &Row, assessment: &Assessment) {
+        let rules = rules_opinion(assessment).map_or(assessment.verdict, |a| a.verdict);
+        self.rules.add(row, rules);
+
+        match advisor_opinion(assessment).and_then(|o| o.assessment.as_deref()) {
+            Some(llm) => self.llm.add(row, llm.verdict),
+            None => {
+                let reason = assessment
+                    .markers
+                    .iter()
+                    .find(|m| m.rule == "llm.unavailable")
+                    .map_or("not_asked", |m| m.matched.as_str());
+                *self.failures.entry(reason.to_owned()).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The model's figures: those of [`Tally::figures`] over the rows it
+/// answered, with `answered` and `failures` by reason.
+fn llm_figures(comparison: &Comparison) -> Value {
+    let mut figures = comparison.llm.figures();
+    if let Some(map) = figures.as_object_mut() {
+        map.insert("answered".into(), json!(comparison.llm.rows()));
+        map.insert("failures".into(), json!(comparison.failures));
+    }
+    figures
+}
+
+/// Parses every line of `text` into a row and the action a gateway would
+/// see; a line that is not a record is reported on stderr with its number
+/// and counted as skipped.
+fn parse_corpus(text: &str, source: &str) -> (Vec<(Row, Action)>, usize) {
+    let mut rows = Vec::new();
+    let mut skipped = 0;
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = match parse_row(line) {
+            Ok(row) => row,
+            Err(error) => {
+                eprintln!("{source}:{}: skipped: {error:#}", index + 1);
+                skipped += 1;
+                continue;
+            }
+        };
+        match action_of(&row) {
+            Ok(action) => rows.push((row, action)),
+            Err(error) => {
+                eprintln!("{source}:{}: skipped `{}`: {error:#}", index + 1, row.id);
+                skipped += 1;
+            }
+        }
+    }
+    (rows, skipped)
 }
 
 /// The JSON summary: overall figures, then `skipped`, `median_ns` and
-/// `per_api`.
-fn summary(eval: &Evaluation, median_ns: u128) -> Value {
+/// `per_api`; with a model, also `rules` and `llm` (see [`llm_figures`]).
+fn summary(eval: &Evaluation, median_ns: u128, comparison: Option<&Comparison>) -> Value {
     let mut figures = eval.overall.figures();
     if let Some(map) = figures.as_object_mut() {
         map.insert("skipped".into(), json!(eval.skipped));
@@ -246,6 +386,10 @@ fn summary(eval: &Evaluation, median_ns: u128) -> Value {
         let apis: serde_json::Map<String, Value> =
             eval.per_api.iter().map(|(api, tally)| (api.clone(), tally.figures())).collect();
         map.insert("per_api".into(), Value::Object(apis));
+        if let Some(comparison) = comparison {
+            map.insert("rules".into(), comparison.rules.figures());
+            map.insert("llm".into(), llm_figures(comparison));
+        }
     }
     figures
 }
@@ -307,20 +451,28 @@ fn median(values: &mut [u128]) -> u128 {
     values[values.len() / 2]
 }
 
-/// The human-readable report: one block per API, then the whole corpus.
-fn report(
-    overall: &Tally,
-    per_api: &BTreeMap<String, Tally>,
-    skipped: usize,
-    median_ns: u128,
-) -> String {
+/// The human-readable report: one block per API, then the whole corpus
+/// under `overall`.
+fn report(overall: &str, eval: &Evaluation, median_ns: u128) -> String {
     let mut out = String::new();
-    for (api, tally) in per_api {
+    for (api, tally) in &eval.per_api {
         block(&mut out, api, tally);
     }
-    block(&mut out, "overall", overall);
-    let _ = writeln!(out, "rows: {}  skipped: {skipped}", overall.rows());
+    block(&mut out, overall, &eval.overall);
+    let _ = writeln!(out, "rows: {}  skipped: {}", eval.overall.rows(), eval.skipped);
     let _ = writeln!(out, "median classification time: {median_ns} ns");
+    out
+}
+
+/// The rules alone and the model alone, after the composed report.
+fn compared(comparison: &Comparison) -> String {
+    let mut out = String::new();
+    block(&mut out, "rules alone", &comparison.rules);
+    block(&mut out, "llm alone (rows it answered)", &comparison.llm);
+    let failures: Vec<String> =
+        comparison.failures.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+    let failures = if failures.is_empty() { "none".to_owned() } else { failures.join(", ") };
+    let _ = writeln!(out, "llm failures (the rules decided): {failures}");
     out
 }
 
@@ -381,7 +533,8 @@ not json at all
     fn summary_reports_the_figures_and_the_rows_to_look_at() {
         let mut eval = evaluate(&HeuristicClassifier::default(), CORPUS, "corpus", false);
         let median_ns = median(&mut eval.timings);
-        let s = summary(&eval, median_ns);
+        let s = summary(&eval, median_ns, None);
+        assert!(s.get("rules").is_none() && s.get("llm").is_none());
         assert_eq!(s["rows"], 4);
         assert_eq!(s["skipped"], 2);
         assert_eq!(s["recall_destructive"], 1.0);
@@ -402,6 +555,87 @@ not json at all
         let tool = op.tool.as_ref().unwrap();
         assert_eq!(tool.annotations.destructive_hint, Some(true));
         assert!(!action.body.preview.contains("harmless"));
+    }
+
+    /// A chat-completions server on 127.0.0.1:0 whose model answers
+    /// every request with `answer`; returns its base URL.
+    async fn scripted_model(answer: Value) -> String {
+        let content = answer.to_string();
+        let reply = move || {
+            let content = content.clone();
+            async move {
+                axum::Json(json!({
+                    "id": "chatcmpl-scripted",
+                    "object": "chat.completion",
+                    "created": 1_700_000_000u32,
+                    "model": "scripted",
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": null},
+                        "logprobs": null,
+                        "finish_reason": "stop"
+                    }],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+                }))
+            }
+        };
+        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(reply));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/v1")
+    }
+
+    /// Two destructive rows, one the rules hold and one they let through
+    /// (a GET with side effects), and a read.
+    const LLM_CORPUS: &str = r#"{"id":"d-1","api":"x","method":"DELETE","url":"https://api.example.com/v1/repos/r","label":"destructive"}
+{"id":"d-2","api":"x","method":"GET","url":"https://api.example.com/v1/exports/latest","label":"destructive"}
+{"id":"r-1","api":"x","method":"GET","url":"https://api.example.com/v1/repos","label":"read"}
+"#;
+
+    async fn compare_with(base_url: &str) -> Value {
+        let mut config = LlmConfig::new(base_url, "scripted");
+        config.timeout = std::time::Duration::from_secs(5);
+        let classifier = composed(HeuristicClassifier::default(), &config).unwrap();
+        let (mut eval, comparison) = compare(&classifier, LLM_CORPUS, "corpus", false).await;
+        let median_ns = median(&mut eval.timings);
+        assert!(compared(&comparison).contains("rules alone"));
+        summary(&eval, median_ns, Some(&comparison))
+    }
+
+    #[tokio::test]
+    async fn with_a_model_rules_llm_and_composed_figures_are_all_reported() {
+        let hold = json!({"verdict": "hold", "risk": "high", "confidence": 0.8,
+                          "rationale": "Exports may trigger side effects.", "markers": []});
+        let s = compare_with(&scripted_model(hold).await).await;
+
+        for figures in [&s, &s["rules"], &s["llm"]] {
+            for key in ["recall_destructive", "false_hold_read", "false_hold_write", "confusion"] {
+                assert!(figures.get(key).is_some(), "{key} missing in {figures}");
+            }
+        }
+        assert_eq!(s["rules"]["recall_destructive"], 0.5, "{s}");
+        assert_eq!(s["rules"]["missed_destructive"], json!(["d-2"]));
+        assert_eq!(s["llm"]["recall_destructive"], 1.0);
+        assert_eq!(s["llm"]["false_hold_read"], 1.0);
+        assert_eq!(s["llm"]["answered"], 3);
+        assert_eq!(s["llm"]["failures"], json!({}));
+        assert_eq!(s["recall_destructive"], 1.0);
+        assert_eq!(s["confusion"]["read"]["hold"], 1);
+        let composed = s["recall_destructive"].as_f64().unwrap();
+        assert!(composed >= s["rules"]["recall_destructive"].as_f64().unwrap());
+        assert_eq!(s["per_api"]["x"]["rows"], 3);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_model_is_counted_as_failures_and_the_rules_decide() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let s = compare_with(&format!("http://127.0.0.1:{port}/v1")).await;
+
+        assert_eq!(s["llm"]["answered"], 0);
+        assert_eq!(s["llm"]["failures"], json!({"transport": 3}), "{s}");
+        assert_eq!(s["confusion"], s["rules"]["confusion"]);
+        assert_eq!(s["recall_destructive"], 0.5);
     }
 
     #[test]

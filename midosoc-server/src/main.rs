@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let file = cli.config.as_deref();
     let result = match cli.command {
-        Command::Eval(args) => eval::run(&args),
+        Command::Eval(args) => eval::run(&args, file),
         Command::Config(command) => cli::config(file, command).map(|()| ExitCode::SUCCESS),
         Command::Serve { log_format } => runtime().and_then(|rt| {
             let config = config::Config::load(file)?;
