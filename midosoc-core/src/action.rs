@@ -4,8 +4,11 @@
 //! bounded, redacted view of the request for people and classifiers, plus
 //! digests that bind an approval to exactly these bytes.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use regex::Regex;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -407,6 +410,7 @@ fn preview(body: &[u8], json: Option<&serde_json::Value>, limit: usize) -> (Stri
         }
         None => String::from_utf8_lossy(body).into_owned(),
     };
+    let text = redact_text(&text).into_owned();
     if text.len() <= limit {
         return (text, false);
     }
@@ -421,6 +425,37 @@ fn preview(body: &[u8], json: Option<&serde_json::Value>, limit: usize) -> (Stri
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_KEY_FRAGMENTS.iter().any(|frag| key.contains(frag))
+}
+
+/// Credential shapes found in free text: bearer values, JWTs, passwords in
+/// URLs, `key=value` pairs with secret-named keys, well-known key prefixes.
+static SECRET_PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    let key = "[A-Za-z0-9_.-]*(?:password|passwd|secret|token|api_key|apikey|credential|private_key)[A-Za-z0-9_.-]*";
+    [
+        (r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}".to_owned(), "$1 <redacted>"),
+        (r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*".to_owned(), "<redacted>"),
+        (r"(://[^/\s:@]+:)[^@\s/]+@".to_owned(), "$1<redacted>@"),
+        (format!(r"(?i)(^|[?&\s])({key})=[^&\s]*"), "$1$2=<redacted>"),
+        (
+            r"\b(?:[sr]k_(?:live|test)_|gh[pousr]_|xox[abprs]-|AKIA)[A-Za-z0-9_-]{8,}".to_owned(),
+            "<redacted>",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(pattern, replacement)| Some((Regex::new(&pattern).ok()?, replacement)))
+    .collect()
+});
+
+/// Redacts credential-shaped text, wherever it appears: bodies that are
+/// not JSON, free-text fields, and operation details.
+pub fn redact_text(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    for (pattern, replacement) in SECRET_PATTERNS.iter() {
+        if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
+            out = Cow::Owned(replaced);
+        }
+    }
+    out
 }
 
 /// Replaces the values of secret-looking keys with [`REDACTED`].
@@ -472,6 +507,19 @@ mod tests {
         assert!(!a.body.preview.contains("sk_live_123"));
         assert!(!a.body.preview.contains("\"x\""));
         assert_eq!(a.method, "POST");
+    }
+
+    #[test]
+    fn credential_shapes_in_free_text_are_redacted() {
+        let form = action("POST", "/login", "user=a&password=FORMSECRET&x=1");
+        assert_eq!(form.body.preview, "user=a&password=<redacted>&x=1");
+
+        let body = r#"{"note":"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abcSECRET","dsn":"postgres://u:pwSECRET@h/db","k":"sk_live_abcdefgh1234"}"#;
+        let a = action("POST", "/x", body);
+        for secret in ["abcSECRET", "pwSECRET", "sk_live_abcdefgh1234"] {
+            assert!(!a.body.preview.contains(secret), "{secret} leaked: {}", a.body.preview);
+        }
+        assert!(a.body.preview.contains("postgres://u:<redacted>@h/db"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::action::{Operation, Protocol, redact_json};
+use crate::action::{Operation, Protocol, redact_json, redact_text};
 
 /// Longest `detail` kept for an operation.
 const DETAIL_LIMIT: usize = 4096;
@@ -123,7 +123,8 @@ fn first_sql_keyword(text: &str) -> Option<&'static str> {
 fn redacted_json(value: &Value) -> String {
     let mut value = value.clone();
     redact_json(&mut value);
-    bounded(serde_json::to_string(&value).unwrap_or_default())
+    let text = serde_json::to_string(&value).unwrap_or_default();
+    bounded(redact_text(&text).into_owned())
 }
 
 fn bounded(mut text: String) -> String {
