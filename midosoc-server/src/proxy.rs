@@ -143,19 +143,19 @@ pub(crate) fn check_request(parts: &http::request::Parts) -> Result<(), AppError
     check_path(parts.uri.path())
 }
 
-/// Refuses paths with empty, dot or authority-changing segments.
+/// Refuses paths with empty, dot or authority-changing segments, judged
+/// after percent-decoding: an upstream that decodes `%2f` or `%2e` must not
+/// see `//host` or `..` that the raw path hid.
 fn check_path(path: &str) -> Result<(), AppError> {
-    let lower = path.to_ascii_lowercase();
-    let authority_changing = lower.contains("//")
-        || lower.contains('\\')
-        || lower.contains('@')
-        || lower.contains("%5c")
-        || lower.contains("%40");
-    let dot_segment = lower.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    });
-    if authority_changing || dot_segment || !path.starts_with('/') {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let lower = decoded.to_ascii_lowercase();
+    let authority_changing =
+        lower.contains("//") || lower.contains('\\') || lower.contains('@') || lower.contains('\0');
+    // SECURITY: what is still encoded after one decoding was encoded twice;
+    // an upstream that decodes again would see what this check did not.
+    let double_encoded = ["%2e", "%2f", "%5c", "%40", "%00"].iter().any(|e| lower.contains(e));
+    let dot_segment = lower.split('/').any(|segment| segment == "." || segment == "..");
+    if authority_changing || double_encoded || dot_segment || !path.starts_with('/') {
         return Err(AppError::ForbiddenPath(path.to_owned()));
     }
     Ok(())
@@ -399,10 +399,16 @@ mod tests {
             "/kv/../admin",
             "/kv/%2e%2e/admin",
             "/kv/./x",
+            "/kv/%2f%2fevil",
+            "/kv/x%2F%2Fevil.com",
+            "/kv/%2e%2e%2fx",
+            "/kv/%2E%2E%2fx",
+            "/kv/a%00b",
+            "/kv/%252e%252e/x",
         ] {
             assert!(check_path(path).is_err(), "{path}");
         }
-        for path in ["/kv/v3/kv/range", "/kv/a.b/c..d", "/kv/"] {
+        for path in ["/kv/v3/kv/range", "/kv/a.b/c..d", "/kv/", "/gl/projects/group%2Fproject"] {
             assert!(check_path(path).is_ok(), "{path}");
         }
     }
