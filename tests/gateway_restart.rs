@@ -29,7 +29,8 @@ async fn delete(
     request.send().await
 }
 
-/// The id of the pending approval whose URL ends with `path`.
+/// The id of the pending approval whose URL ends with `path`. Reviewers
+/// see the upstream URL the request is forwarded to.
 fn id_for(approvals: &[Value], path: &str) -> String {
     approvals
         .iter()
@@ -59,8 +60,8 @@ async fn held_requests_survive_a_killed_gateway_and_resume_exactly_once() {
         (list.len() == 2).then_some(list)
     })
     .await;
-    let approved = id_for(&before, "/api/customers/1");
-    let denied = id_for(&before, "/api/customers/2");
+    let approved = id_for(&before, "/customers/1");
+    let denied = id_for(&before, "/customers/2");
 
     // A crash: the agents' connections break, nothing is drained.
     first.kill();
