@@ -61,8 +61,8 @@ pub fn read(criterion_dir: &Path) -> anyhow::Result<ClassifierCost> {
         let path = criterion_dir.join(GROUP).join(bench).join("new/estimates.json");
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "no criterion estimates at `{}`; run `cargo bench -p midosoc-bench --bench classifier`",
-                path.display()
+                "no criterion estimates at `target/criterion/{GROUP}/{bench}/new/estimates.json`; \
+                 run `cargo bench -p midosoc-bench --bench classifier`"
             )
         })?;
         let estimates: Estimates = serde_json::from_str(&text)?;
