@@ -84,7 +84,8 @@ pub fn run(bench: &mut Bench, sizes: &Sizes, side_rate: f64) -> anyhow::Result<H
             let run = one(bench, sizes, &ids, &cap_settings, n, http2, side_rate)
                 .with_context(|| format!("holding {n}, repetition {}", rep + 1))?;
             eprintln!(
-                "  N={n:<6} rep {} reach {:.2}s  rss/req {:.0} B  sock/req {:.0} B  errors {}  p99 none {:.0} µs held {:.0} µs",
+                "  N={n:<6} rep {} reach {:.2}s  rss/req {:.0} B  sock/req {:.0} B  errors {}  \
+                 p99 none {:.0} µs held {:.0} µs",
                 rep + 1,
                 run.reach_seconds,
                 run.rss_per_request,

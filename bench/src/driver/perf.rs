@@ -317,7 +317,8 @@ fn level(
             let outcome =
                 bench.loadgen(target.addr, key, rate, sizes.latency_secs, sizes.warmup_secs)?;
             eprintln!(
-                "  {:>3.0}% rep {} {:<8} p50 {:>7.0} µs  p99 {:>8.0} µs  p99.9 {:>8.0} µs  ({:.0} req/s)",
+                "  {:>3.0}% rep {} {:<8} p50 {:>7.0} µs  p99 {:>8.0} µs  \
+                 p99.9 {:>8.0} µs  ({:.0} req/s)",
                 load * 100.0,
                 rep + 1,
                 target.name,
@@ -396,7 +397,8 @@ mod tests {
 
     #[test]
     fn wrk_output_is_read_for_rate_requests_and_errors() {
-        let text = "Running 5s test @ http://127.0.0.1:1/up/items/42\n  1 threads and 32 connections\n\
+        let text = "Running 5s test @ http://127.0.0.1:1/up/items/42\n\
+            \x20 1 threads and 32 connections\n\
             \x20 123456 requests in 5.00s, 20.00MB read\n\
             \x20 Socket errors: connect 0, read 2, write 0, timeout 1\n\
             \x20 Non-2xx or 3xx responses: 4\n\

@@ -112,7 +112,8 @@ pub fn checks(results: &Results) -> Vec<Check> {
             .map(|r| f(r))
             .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))))
     };
-    let rows = |pred: &dyn Fn(&super::decision::DecisionRow) -> bool| -> Vec<&super::decision::DecisionRow> {
+    type Row = super::decision::DecisionRow;
+    let rows = |pred: &dyn Fn(&Row) -> bool| -> Vec<&Row> {
         decision.map(|d| d.rows.iter().filter(|r| pred(r)).collect()).unwrap_or_default()
     };
     let ms = |us: f64| format!("{:.2} ms", us / 1e3);
@@ -340,7 +341,8 @@ fn perf_sections(out: &mut String, results: &Results, chart: Option<&str>) {
     );
     let _ = writeln!(
         out,
-        "| load | rate | target | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | errors |\n\
+        "| load | rate | target | p50 µs | p99 µs | p99.9 µs \
+         | added p50 µs | added p99 µs | added p99.9 µs | errors |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
     for level in &perf.latency {
@@ -409,7 +411,8 @@ fn held_section(out: &mut String, results: &Results) {
     );
     let _ = writeln!(
         out,
-        "| N | transport | time to N (s) | RSS per held (B) | socket mem per held (B) | errors | safe p99 none held (µs) | safe p99 N held (µs) | ratio |\n\
+        "| N | transport | time to N (s) | RSS per held (B) | socket mem per held (B) | errors \
+         | safe p99 none held (µs) | safe p99 N held (µs) | ratio |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
     for r in &held.rows {
@@ -447,7 +450,8 @@ fn decision_section(out: &mut String, results: &Results) {
     );
     let _ = writeln!(
         out,
-        "| store | held | dashboards | probes | event p50 (µs) | event p99 (µs) | approve→first byte p50 (µs) | p99 (µs) | failures |\n\
+        "| store | held | dashboards | probes | event p50 (µs) | event p99 (µs) \
+         | approve→first byte p50 (µs) | p99 (µs) | failures |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
     for r in &decision.rows {
@@ -469,7 +473,8 @@ fn decision_section(out: &mut String, results: &Results) {
     if !decision.bursts.is_empty() {
         let _ = writeln!(
             out,
-            "| store | approvals in burst | dashboards | first approve → last release (ms) | failures | dashboard resyncs |\n|---|---|---|---|---|---|"
+            "| store | approvals in burst | dashboards | first approve → last release (ms) \
+             | failures | dashboard resyncs |\n|---|---|---|---|---|---|"
         );
         for b in &decision.bursts {
             let _ = writeln!(
