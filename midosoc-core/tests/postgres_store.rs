@@ -1,7 +1,8 @@
 //! `PostgresStore` against the conformance suite, plus what several
 //! gateway instances on one database count on: decisions and new
 //! approvals reach every instance, expiry happens once, the audit chain
-//! stays whole, and an outage fails closed and heals by itself.
+//! stays whole, an outage fails closed and heals by itself, and writes
+//! committed in groups behave as if alone.
 //!
 //! Each test works in a schema of its own, dropped at the end. Without
 //! `MIDOSOC_TEST_POSTGRES_URL` the tests say they are skipped and pass,
@@ -19,7 +20,7 @@ use midosoc_core::store::{
     ApprovalStore, EventKind, LinkProblem, OpenError, PostgresStore, SqlStore, StoreOptions,
 };
 use store_support::{
-    HOUR, PATIENCE, PgSchema, Proxy, by_ada, executed, held, percentiles, postgres_addr,
+    HOUR, PATIENCE, PgSchema, Proxy, batching, by_ada, executed, held, percentiles, postgres_addr,
     postgres_url, test_options, until_parked,
 };
 use time::OffsetDateTime;
@@ -287,4 +288,47 @@ async fn wake_latency_same_and_cross_instance_is_printed() {
              decide() return to waiter woken p50 {late_p50} us p99 {late_p99} us"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_decisions_commits_in_groups() {
+    let Some(schema) = PgSchema::create("burst").await else { return };
+    let store = schema.open(test_options()).await;
+    let counted = store.clone();
+    batching::a_burst_of_decisions_commits_in_groups(store, || counted.commits()).await;
+}
+
+#[tokio::test]
+async fn a_refused_decision_leaves_the_rest_of_its_batch() {
+    let Some(schema) = PgSchema::create("refused in batch").await else { return };
+    let store = schema.open(test_options()).await;
+    batching::a_refused_decision_leaves_the_rest_of_its_batch(&store, || store.commits()).await;
+}
+
+#[tokio::test]
+async fn a_write_the_database_refuses_leaves_the_rest_of_its_batch() {
+    let Some(schema) = PgSchema::create("database refusal in batch").await else { return };
+    let store = schema.open(test_options()).await;
+    let commits = || store.commits();
+    // PostgreSQL aborts the transaction on the failed statement; only the
+    // savepoint brings it back.
+    batching::a_write_the_database_refuses_leaves_the_rest_of_its_batch(&store, commits).await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_refuses_every_write_of_its_batch() {
+    let Some(schema) = PgSchema::create("failed commit").await else { return };
+    let store = schema.open(test_options()).await;
+    // A deferred constraint trigger runs at COMMIT, so the commit fails.
+    schema
+        .execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'poisoned commit'; END $$;
+             CREATE CONSTRAINT TRIGGER poisoned AFTER INSERT ON approvals
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.agent = 'poison')
+             EXECUTE FUNCTION poison();",
+        )
+        .await;
+
+    batching::a_failed_commit_refuses_every_write_of_its_batch(&store, || store.commits()).await;
 }

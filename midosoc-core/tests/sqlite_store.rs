@@ -1,6 +1,6 @@
 //! `SqliteStore` against the conformance suite, plus what only a durable
-//! store promises: restart, an audit trail that shows tampering, and
-//! refusals at open.
+//! store promises: restart, an audit trail that shows tampering, refusals
+//! at open, and writes committed in groups that behave as if alone.
 
 mod store_support;
 
@@ -15,7 +15,8 @@ use midosoc_core::store::{
 };
 use sqlx::{Connection, SqliteConnection};
 use store_support::{
-    HOUR, PATIENCE, TempSqlite, by_ada, executed, held, percentiles, test_options, until_parked,
+    HOUR, PATIENCE, TempSqlite, batching, by_ada, executed, held, percentiles, test_options,
+    until_parked,
 };
 
 mod conformance {
@@ -301,4 +302,52 @@ async fn wake_latency_after_a_decision_is_printed() {
          decide() start to waiter woken p50 {wake_p50} us p99 {wake_p99} us; \
          decide() return to waiter woken p50 {late_p50} us p99 {late_p99} us"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_decisions_commits_in_groups() {
+    let db = TempSqlite::new().await;
+    let store = db.store.clone();
+    batching::a_burst_of_decisions_commits_in_groups(db.store.clone(), || store.commits()).await;
+}
+
+#[tokio::test]
+async fn a_refused_decision_leaves_the_rest_of_its_batch() {
+    let db = TempSqlite::new().await;
+    batching::a_refused_decision_leaves_the_rest_of_its_batch(&db, || db.store.commits()).await;
+}
+
+#[tokio::test]
+async fn a_write_the_database_refuses_leaves_the_rest_of_its_batch() {
+    let db = TempSqlite::new().await;
+    let commits = || db.store.commits();
+    batching::a_write_the_database_refuses_leaves_the_rest_of_its_batch(&db, commits).await;
+}
+
+#[tokio::test]
+async fn submissions_in_one_batch_count_against_the_cap() {
+    let db = TempSqlite::new().await;
+    batching::submissions_in_one_batch_count_against_the_cap(&db, || db.store.commits()).await;
+}
+
+#[tokio::test]
+async fn a_write_given_up_before_its_turn_is_not_applied() {
+    let db = TempSqlite::new().await;
+    batching::a_write_given_up_before_its_turn_is_not_applied(&db).await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_refuses_every_write_of_its_batch() {
+    let db = TempSqlite::new().await;
+    // A deferred foreign key is checked at COMMIT, so the commit fails.
+    tamper(
+        &db,
+        "CREATE TABLE poison_parent (id TEXT PRIMARY KEY);
+         CREATE TABLE poison (id TEXT REFERENCES poison_parent (id) DEFERRABLE INITIALLY DEFERRED);
+         CREATE TRIGGER poisoned AFTER INSERT ON approvals WHEN NEW.agent = 'poison'
+         BEGIN INSERT INTO poison VALUES (NEW.id); END;",
+    )
+    .await;
+
+    batching::a_failed_commit_refuses_every_write_of_its_batch(&db, || db.store.commits()).await;
 }

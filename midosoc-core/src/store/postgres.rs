@@ -109,6 +109,13 @@ impl PostgresStore {
         self.core.waiting()
     }
 
+    /// Transactions committed so far, for tests that check that writes
+    /// were grouped.
+    #[doc(hidden)]
+    pub fn commits(&self) -> u64 {
+        self.core.commits()
+    }
+
     /// Closes the pool, waiting for connections in use to be returned;
     /// every later call fails with [`StoreError::Unavailable`]. For a
     /// graceful shutdown.
@@ -264,6 +271,11 @@ impl Backend for PgBackend {
 
     async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError> {
         tx.rollback().await.map_err(unavailable)
+    }
+
+    async fn execute_in(&self, tx: &mut Self::Tx, sql: &'static str) -> Result<(), StoreError> {
+        sqlx::raw_sql(sql).execute(&mut **tx).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn get_in(

@@ -5,11 +5,14 @@
 //!
 //! # How a change travels
 //!
-//! Every change runs in one write transaction that first takes the audit
-//! chain's head (a row lock in PostgreSQL, `BEGIN IMMEDIATE` in SQLite),
-//! so changes are serialized and each appends exactly one linked audit
-//! entry. After commit the writer pokes this process's *pump*; other
-//! processes hear of it through their database's notification (PostgreSQL
+//! Every change goes to the store's one writer, which runs the changes
+//! queued at that moment in one write transaction. The transaction first
+//! takes the audit chain's head (a row lock in PostgreSQL, `BEGIN
+//! IMMEDIATE` in SQLite), so changes are serialized; each change runs in a
+//! savepoint of its own and appends exactly one linked audit entry, or
+//! nothing if it is refused. One commit makes the group durable, then the
+//! writer pokes this process's *pump*; other processes hear of it through
+//! their database's notification (PostgreSQL
 //! `NOTIFY`). The pump reads the log from the last `seq` it delivered, in
 //! order, and hands each entry to subscribers and to the waiters of that
 //! approval, who re-read the row. Because the pump reads the table rather
@@ -31,9 +34,9 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use super::audit::{AuditEntry, AuditLog, AuditReport, AuditStream, ChainVerifier, RawEntry};
 use super::{
@@ -54,6 +57,23 @@ const PAGE: usize = 256;
 
 /// Events a live subscriber may fall behind before it re-reads the log.
 const EVENT_BUFFER: usize = 1_024;
+
+/// Most writes one transaction takes. Past a few dozen, the writes' own
+/// statements cost more than the commit they share, so a larger cap buys
+/// nothing. It also bounds how many callers a failed commit refuses, and
+/// keeps PostgreSQL's subtransactions (one per kept write) within the 64
+/// each session caches; beyond that, every other session's snapshot has to
+/// consult `pg_subtrans`.
+const MAX_BATCH: usize = 64;
+
+/// Writes that may queue for the writer before callers wait to queue.
+const QUEUE: usize = 1_024;
+
+/// Each write of a batch runs in its own savepoint; the same SQL on every
+/// database.
+const SAVEPOINT: &str = "SAVEPOINT w";
+const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT w";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT w";
 
 /// How a SQL store connects and what it allows.
 ///
@@ -180,6 +200,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError>;
     /// Rolls back.
     async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError>;
+    /// Runs `sql`, a statement with no parameters and no rows (savepoints),
+    /// inside the transaction.
+    async fn execute_in(&self, tx: &mut Self::Tx, sql: &'static str) -> Result<(), StoreError>;
 
     /// One approval, inside the transaction.
     async fn get_in(
@@ -379,17 +402,315 @@ struct Planned {
     refusal: Option<StoreError>,
 }
 
+/// A change planned from the approval as its write finds it.
+type Plan = Box<dyn FnOnce(&Approval, OffsetDateTime) -> Result<Planned, StoreError> + Send>;
+
+/// One write, as a caller hands it to the [`Writer`].
+enum Write {
+    /// Records a new approval, within its agent's pending cap.
+    Submit(Box<Approval>),
+    /// Changes one approval as the plan decides.
+    Change(ApprovalId, Plan),
+    /// Expires every pending approval due at that instant.
+    Expire(OffsetDateTime),
+}
+
+/// What a committed write gives back.
+enum Written {
+    One(Box<Approval>),
+    Many(Vec<Approval>),
+}
+
+impl Written {
+    fn one(self) -> Result<Approval, StoreError> {
+        match self {
+            Self::One(approval) => Ok(*approval),
+            Self::Many(_) => Err(unavailable("the writer answered another kind of write")),
+        }
+    }
+
+    fn many(self) -> Result<Vec<Approval>, StoreError> {
+        match self {
+            Self::Many(approvals) => Ok(approvals),
+            Self::One(_) => Err(unavailable("the writer answered another kind of write")),
+        }
+    }
+}
+
+/// What a caller hears once its write's batch is over.
+type Answer = Result<Written, StoreError>;
+
+/// Where a caller waits for its answer.
+type Reply = oneshot::Sender<Answer>;
+
+/// A queued write, the caller's span, and where its answer goes.
+struct Job {
+    write: Write,
+    span: tracing::Span,
+    reply: Reply,
+}
+
+/// The only writer of a [`Core`]: it commits writes in groups, so a burst
+/// pays for one fsync per group rather than one per write.
+///
+/// Writes queue on a channel. The writer takes every write queued (at most
+/// [`MAX_BATCH`]), runs them in arrival order in one transaction, each in a
+/// savepoint of its own (unless it is alone), commits once, then answers
+/// them all. There is no timer: a lone write commits at once, and writes
+/// group only when they queue behind a commit in flight, so batching never
+/// adds latency.
+///
+/// A task rather than leader/follower combining among the callers: a
+/// leader would be some caller's future, and a caller cancelled in the
+/// middle of a batch would take the others' writes down with it. The task
+/// finishes every batch it starts, whoever stops listening.
+///
+/// A write whose caller has gone before its turn is skipped and never
+/// applied; one that already ran commits with its batch even if its caller
+/// goes before hearing the answer.
+struct Writer<B> {
+    backend: Arc<B>,
+    hub: Arc<Hub>,
+    max_pending_per_agent: usize,
+    commits: Arc<AtomicU64>,
+}
+
+impl<B: Backend> Writer<B> {
+    /// Writes batch after batch until every sender is gone.
+    async fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.write_batch(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Runs `batch` in one transaction and answers every caller in it.
+    async fn write_batch(&self, batch: Vec<Job>) {
+        let (mut tx, mut head) = match self.backend.begin_append().await {
+            Ok(begun) => begun,
+            Err(error) => return fail(batch.into_iter().map(|job| job.reply), error),
+        };
+        let start = head.seq;
+
+        let answered = match self.write_all(&mut tx, &mut head, batch).await {
+            Ok(answered) => answered,
+            Err((error, replies)) => {
+                self.abandon(tx).await;
+                return fail(replies, error);
+            }
+        };
+
+        // Every write kept appended an entry, so a head that has not moved
+        // means nothing to make durable: no commit, no fsync.
+        if head.seq == start {
+            self.abandon(tx).await;
+        } else if let Err(error) = self.commit(tx).await {
+            return fail(answered.into_iter().map(|(reply, _)| reply), error);
+        }
+        for (reply, answer) in answered {
+            // A caller gone by now misses the answer; its write stands.
+            drop(reply.send(answer));
+        }
+    }
+
+    /// Runs the writes of `batch` in order and returns their answers, to
+    /// be sent after the commit. When the transaction itself is lost,
+    /// returns why, with every caller still to be told.
+    async fn write_all(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        batch: Vec<Job>,
+    ) -> Result<Vec<(Reply, Answer)>, (StoreError, Vec<Reply>)> {
+        // A lone write needs no savepoint: if it is refused, the head has
+        // not moved and the whole transaction rolls back.
+        let isolate = batch.len() > 1;
+        let mut answered = Vec::with_capacity(batch.len());
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
+            // Its caller has gone, cancelled before the write's turn: the
+            // write is skipped, never applied.
+            if job.reply.is_closed() {
+                continue;
+            }
+            match self.write_one(tx, head, job.write, isolate).instrument(job.span).await {
+                Ok(answer) => answered.push((job.reply, answer)),
+                Err(error) => {
+                    let done = answered.into_iter().map(|(reply, _)| reply);
+                    let rest = jobs.map(|job| job.reply);
+                    let replies = done.chain(std::iter::once(job.reply)).chain(rest);
+                    return Err((error, replies.collect()));
+                }
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Runs one write, in a savepoint of its own when it must be
+    /// `isolate`d from others, so a write that is refused or fails rolls
+    /// back alone and the others still commit. The error means the
+    /// transaction itself is lost.
+    async fn write_one(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        write: Write,
+        isolate: bool,
+    ) -> Result<Answer, StoreError> {
+        if isolate {
+            self.backend.execute_in(tx, SAVEPOINT).await?;
+        }
+        let before = head.clone();
+
+        let answer = match self.apply(tx, head, write).await {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                // INVARIANT: the head goes back with the rows, so the next
+                // write takes the same `seq` and the chain has no gap.
+                *head = before;
+                if isolate {
+                    self.backend.execute_in(tx, ROLLBACK_TO_SAVEPOINT).await?;
+                }
+                Err(refusal)
+            }
+        };
+        if isolate {
+            self.backend.execute_in(tx, RELEASE_SAVEPOINT).await?;
+        }
+        Ok(answer)
+    }
+
+    /// Applies one write. An error rolls it back; an answer keeps it, even
+    /// one that refuses the caller (a late decision stays recorded as the
+    /// expiry it caused).
+    async fn apply(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        write: Write,
+    ) -> Result<Answer, StoreError> {
+        match write {
+            Write::Submit(approval) => {
+                self.submit_in(tx, head, &approval).await?;
+                Ok(Ok(Written::One(approval)))
+            }
+            Write::Change(id, plan) => self.change_in(tx, head, id, plan).await,
+            Write::Expire(now) => Ok(Ok(Written::Many(self.expire_in(tx, head, now).await?))),
+        }
+    }
+
+    async fn submit_in(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        approval: &Approval,
+    ) -> Result<(), StoreError> {
+        // Counted inside the transaction, so submissions earlier in the
+        // same batch count too.
+        let pending = self.backend.pending_count(tx, approval.agent()).await?;
+        if pending >= self.max_pending_per_agent as u64 {
+            return Err(StoreError::TooManyPending(approval.agent().clone()));
+        }
+        self.backend.insert(tx, approval).await?;
+        self.append(tx, head, EventKind::Pending, approval).await
+    }
+
+    /// Runs `plan` on the approval as this transaction sees it, after
+    /// every earlier write of the batch, and records what it decides.
+    async fn change_in(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        id: ApprovalId,
+        plan: Plan,
+    ) -> Result<Answer, StoreError> {
+        let current = self.backend.get_in(tx, id).await?.ok_or(StoreError::NotFound(id))?;
+        let planned = plan(&current, OffsetDateTime::now_utc())?;
+
+        // INVARIANT: the chain lock serializes writers, so the approval is
+        // as `get_in` read it; the guarded update only double-checks.
+        if !self.backend.update(tx, &planned.after, current.status).await? {
+            return Err(unavailable("approval changed while the chain lock was held"));
+        }
+        self.append(tx, head, planned.kind, &planned.after).await?;
+        Ok(planned.refusal.map_or(Ok(Written::One(Box::new(planned.after))), Err))
+    }
+
+    async fn expire_in(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let mut expired = self.backend.expire_due(tx, now, &rfc3339(now)?).await?;
+        expired.sort_by_key(|a| (a.created_at, a.id));
+        for approval in &expired {
+            self.append(tx, head, EventKind::Expired, approval).await?;
+        }
+        Ok(expired)
+    }
+
+    /// Seals an entry for `approval` after `head`, appends it and moves
+    /// `head` along.
+    async fn append(
+        &self,
+        tx: &mut B::Tx,
+        head: &mut Head,
+        kind: EventKind,
+        approval: &Approval,
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let entry =
+            AuditEntry::seal(head.seq, &head.hash, kind, now, approval).map_err(unavailable)?;
+        self.backend.append(tx, &entry).await?;
+        *head = Head { seq: entry.seq, hash: entry.hash };
+        Ok(())
+    }
+
+    /// Commits and wakes this process's pump, once for the whole batch.
+    async fn commit(&self, tx: B::Tx) -> Result<(), StoreError> {
+        self.backend.commit(tx).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.hub.poke();
+        Ok(())
+    }
+
+    /// Rolls back a transaction with nothing to keep; what the callers
+    /// need to hear is already decided, so a failure is only logged.
+    async fn abandon(&self, tx: B::Tx) {
+        if let Err(error) = self.backend.rollback(tx).await {
+            tracing::debug!(%error, "rollback failed; the connection discards the transaction");
+        }
+    }
+}
+
+/// Tells every caller in `replies` that its write was not committed, with
+/// the one cause they share.
+fn fail(replies: impl IntoIterator<Item = Reply>, error: StoreError) {
+    let cause: Arc<dyn std::error::Error + Send + Sync> = match error {
+        StoreError::Unavailable(source) => Arc::from(source),
+        other => Arc::new(other),
+    };
+    for reply in replies {
+        // A caller that has gone needs no answer.
+        drop(reply.send(Err(StoreError::Unavailable(Box::new(Arc::clone(&cause))))));
+    }
+}
+
 /// The store logic, written once for every SQL database.
 pub(crate) struct Core<B: Backend> {
     backend: Arc<B>,
     hub: Arc<Hub>,
-    max_pending_per_agent: usize,
+    /// Where writes queue for the [`Writer`].
+    writes: mpsc::Sender<Job>,
+    /// Transactions the writer has committed.
+    commits: Arc<AtomicU64>,
     /// Background tasks, stopped when the store goes.
     _tasks: Vec<TaskGuard>,
 }
 
 impl<B: Backend> Core<B> {
-    /// Starts delivering events from where the log is now.
+    /// Starts the writer, and delivers events from where the log is now.
     pub(crate) async fn start(backend: B, options: &StoreOptions) -> Result<Self, StoreError> {
         let backend = Arc::new(backend);
         let head = backend.head().await?;
@@ -397,12 +718,17 @@ impl<B: Backend> Core<B> {
 
         let every = options.recheck_every.max(Duration::from_millis(10));
         let pump = tokio::spawn(pump(Arc::clone(&backend), Arc::clone(&hub), every));
-        Ok(Self {
-            backend,
-            hub,
+
+        let (writes, jobs) = mpsc::channel(QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            backend: Arc::clone(&backend),
+            hub: Arc::clone(&hub),
             max_pending_per_agent: options.max_pending_per_agent,
-            _tasks: vec![TaskGuard(pump)],
-        })
+            commits: Arc::clone(&commits),
+        };
+        let writer = tokio::spawn(writer.run(jobs));
+        Ok(Self { backend, hub, writes, commits, _tasks: vec![TaskGuard(pump), TaskGuard(writer)] })
     }
 
     /// The database's SQL.
@@ -427,110 +753,28 @@ impl<B: Backend> Core<B> {
         self.hub.parked.load(Ordering::Relaxed)
     }
 
-    /// Seals an entry for `approval` after `head`, appends it and moves
-    /// `head` along.
-    async fn append(
-        &self,
-        tx: &mut B::Tx,
-        head: &mut Head,
-        kind: EventKind,
-        approval: &Approval,
-    ) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc();
-        let entry =
-            AuditEntry::seal(head.seq, &head.hash, kind, now, approval).map_err(unavailable)?;
-        self.backend.append(tx, &entry).await?;
-        *head = Head { seq: entry.seq, hash: entry.hash };
-        Ok(())
+    /// Transactions committed so far; fewer than writes when writes were
+    /// grouped.
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
-    /// Commits and wakes this process's pump.
-    async fn commit(&self, tx: B::Tx) -> Result<(), StoreError> {
-        self.backend.commit(tx).await?;
-        self.hub.poke();
-        Ok(())
+    /// Queues `write` and waits until its batch is over. Dropping the
+    /// future before the write's turn withdraws it.
+    async fn write(&self, write: Write) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { write, span: tracing::Span::current(), reply };
+        self.writes.send(job).await.map_err(|_| unavailable("approval store closed"))?;
+        answer.await.map_err(|_| unavailable("approval store closed"))?
     }
 
-    /// Rolls back after a refusal or a failure; the refusal is what the
-    /// caller needs to hear, so a rollback failure is only logged.
-    async fn abandon(&self, tx: B::Tx) {
-        if let Err(error) = self.backend.rollback(tx).await {
-            tracing::debug!(%error, "rollback failed; the connection discards the transaction");
-        }
-    }
-
-    /// Runs `plan` on the approval under the chain lock and records what it
-    /// decides, with its audit entry, in one transaction.
+    /// Has the writer run `plan` on the approval and record what it
+    /// decides, with its audit entry.
     async fn change<F>(&self, id: ApprovalId, plan: F) -> Result<Approval, StoreError>
     where
-        F: FnOnce(&Approval, OffsetDateTime) -> Result<Planned, StoreError> + Send,
+        F: FnOnce(&Approval, OffsetDateTime) -> Result<Planned, StoreError> + Send + 'static,
     {
-        let (mut tx, mut head) = self.backend.begin_append().await?;
-
-        let planned = match self.backend.get_in(&mut tx, id).await {
-            Ok(Some(current)) => {
-                plan(&current, OffsetDateTime::now_utc()).map(|p| (current.status, p))
-            }
-            Ok(None) => Err(StoreError::NotFound(id)),
-            Err(error) => Err(error),
-        };
-        let (from, planned) = match planned {
-            Ok(planned) => planned,
-            Err(error) => {
-                self.abandon(tx).await;
-                return Err(error);
-            }
-        };
-
-        if let Err(error) = self.record(&mut tx, &mut head, from, &planned).await {
-            self.abandon(tx).await;
-            return Err(error);
-        }
-        self.commit(tx).await?;
-        planned.refusal.map_or(Ok(planned.after), Err)
-    }
-
-    async fn record(
-        &self,
-        tx: &mut B::Tx,
-        head: &mut Head,
-        from: ApprovalStatus,
-        planned: &Planned,
-    ) -> Result<(), StoreError> {
-        // INVARIANT: the chain lock serializes writers, so the approval is
-        // as `get_in` read it; the guarded update only double-checks.
-        if !self.backend.update(tx, &planned.after, from).await? {
-            return Err(unavailable("approval changed while the chain lock was held"));
-        }
-        self.append(tx, head, planned.kind, &planned.after).await
-    }
-
-    async fn submit_in(
-        &self,
-        tx: &mut B::Tx,
-        head: &mut Head,
-        approval: &Approval,
-    ) -> Result<(), StoreError> {
-        let pending = self.backend.pending_count(tx, approval.agent()).await?;
-        if pending >= self.max_pending_per_agent as u64 {
-            return Err(StoreError::TooManyPending(approval.agent().clone()));
-        }
-        self.backend.insert(tx, approval).await?;
-        self.append(tx, head, EventKind::Pending, approval).await
-    }
-
-    async fn expire_in(
-        &self,
-        tx: &mut B::Tx,
-        head: &mut Head,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Approval>, StoreError> {
-        let mut expired = self.backend.expire_due(tx, now, &rfc3339(now)?).await?;
-        expired.sort_by_key(|a| (a.created_at, a.id));
-        for approval in &expired {
-            self.append(tx, head, EventKind::Expired, approval).await?;
-        }
-        Ok(expired)
+        self.write(Write::Change(id, Box::new(plan))).await?.one()
     }
 
     /// Checks the chain up to the head as it is when the check starts.
@@ -589,8 +833,8 @@ impl<B: Backend> Core<B> {
 impl<B: Backend> fmt::Debug for Core<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
-            .field("max_pending_per_agent", &self.max_pending_per_agent)
             .field("waiting", &self.waiting())
+            .field("commits", &self.commits())
             .finish_non_exhaustive()
     }
 }
@@ -605,14 +849,7 @@ impl<B: Backend> ApprovalStore for Core<B> {
         // approval as stored, without the parsed body an action carries
         // for classifiers only.
         let approval = as_stored(&approval)?;
-
-        let (mut tx, mut head) = self.backend.begin_append().await?;
-        if let Err(error) = self.submit_in(&mut tx, &mut head, &approval).await {
-            self.abandon(tx).await;
-            return Err(error);
-        }
-        self.commit(tx).await?;
-        Ok(approval)
+        self.write(Write::Submit(Box::new(approval))).await?.one()
     }
 
     #[instrument(level = "debug", skip_all, fields(approval.id = %id))]
@@ -668,21 +905,7 @@ impl<B: Backend> ApprovalStore for Core<B> {
         if !self.backend.any_due(now).await? {
             return Ok(Vec::new());
         }
-        let (mut tx, mut head) = self.backend.begin_append().await?;
-        match self.expire_in(&mut tx, &mut head, now).await {
-            Ok(expired) if expired.is_empty() => {
-                self.abandon(tx).await;
-                Ok(expired)
-            }
-            Ok(expired) => {
-                self.commit(tx).await?;
-                Ok(expired)
-            }
-            Err(error) => {
-                self.abandon(tx).await;
-                Err(error)
-            }
-        }
+        self.write(Write::Expire(now)).await?.many()
     }
 
     #[instrument(level = "debug", skip_all, fields(approval.id = %id))]

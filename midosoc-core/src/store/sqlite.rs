@@ -101,6 +101,13 @@ impl SqliteStore {
         self.core.waiting()
     }
 
+    /// Transactions committed so far, for tests that check that writes
+    /// were grouped.
+    #[doc(hidden)]
+    pub fn commits(&self) -> u64 {
+        self.core.commits()
+    }
+
     /// Closes the pool, waiting for connections in use to be returned;
     /// every later call fails with [`StoreError::Unavailable`]. For a
     /// graceful shutdown.
@@ -215,6 +222,11 @@ impl Backend for SqliteBackend {
 
     async fn rollback(&self, tx: SqliteTx) -> Result<(), StoreError> {
         tx.tx.rollback().await.map_err(unavailable)
+    }
+
+    async fn execute_in(&self, tx: &mut SqliteTx, sql: &'static str) -> Result<(), StoreError> {
+        sqlx::raw_sql(sql).execute(&mut *tx.tx).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn get_in(

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, reason = "each test crate uses a different part of this module")]
 
+pub(crate) mod batching;
+
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
