@@ -203,10 +203,6 @@ pub(crate) fn agent_router(state: AppState) -> Router {
         .route("/v1/approvals/{id}", get(agent::approval_status))
         .fallback(agent::proxy)
         .layer(middleware::from_fn_with_state(state.clone(), agent::authenticate))
-        .layer(middleware::from_fn_with_state(
-            state.store_health.clone(),
-            crate::outage::refuse_during_outage,
-        ))
         .with_state(state.clone());
 
     Router::new()

@@ -12,9 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use midosoc_core::ApprovalStore;
 
 use crate::config::OnOutage;
@@ -81,54 +78,34 @@ pub(crate) async fn watch(store: Arc<dyn ApprovalStore>, health: StoreHealth) {
     }
 }
 
-/// Middleware on the agent listener: with `refuse_all`, answers `503` to
-/// every request while the store is down; otherwise lets everything on.
-pub(crate) async fn refuse_during_outage(
-    State(health): State<StoreHealth>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The agent listener's first check: with `refuse_all`, every request is
+/// refused with `503` while the store is down; otherwise everything goes
+/// on, and the approval layer still refuses what it cannot hold.
+pub(crate) fn admit(health: &StoreHealth) -> Result<(), AppError> {
     if health.policy == OnOutage::RefuseAll && !health.is_ready() {
-        return AppError::Unavailable(Box::new(OutageError::StoreDown)).into_response();
+        return Err(AppError::Unavailable(Box::new(OutageError::StoreDown)));
     }
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::Router;
-    use axum::body::Body;
-    use axum::routing::get;
-    use http::StatusCode;
-    use tower::ServiceExt as _;
-
     use super::*;
 
-    fn router(health: StoreHealth) -> Router {
-        Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn_with_state(health, refuse_during_outage))
-    }
-
-    async fn status(health: &StoreHealth) -> StatusCode {
-        let request = Request::get("/").body(Body::empty()).unwrap();
-        router(health.clone()).oneshot(request).await.unwrap().status()
-    }
-
-    #[tokio::test]
-    async fn refuse_all_answers_503_only_while_the_store_is_down() {
+    #[test]
+    fn refuse_all_refuses_only_while_the_store_is_down() {
         let health = StoreHealth::new(OnOutage::RefuseAll);
-        assert_eq!(status(&health).await, StatusCode::OK);
+        assert!(admit(&health).is_ok());
         assert!(health.set(false));
-        assert_eq!(status(&health).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(admit(&health), Err(AppError::Unavailable(_))));
         assert!(health.set(true));
-        assert_eq!(status(&health).await, StatusCode::OK);
+        assert!(admit(&health).is_ok());
     }
 
-    #[tokio::test]
-    async fn allow_safe_lets_requests_through_during_an_outage() {
+    #[test]
+    fn allow_safe_lets_requests_through_during_an_outage() {
         let health = StoreHealth::new(OnOutage::AllowSafe);
         health.set(false);
-        assert_eq!(status(&health).await, StatusCode::OK);
+        assert!(admit(&health).is_ok());
     }
 }

@@ -150,7 +150,9 @@ where
     };
 
     if let Some(raw) = parts.headers.get(&APPROVAL_HEADER).cloned() {
-        return resumed(&shared, unready(ready), agent, raw, parts, body).await;
+        // Boxed, like the hold path below: their state is large and only
+        // risky requests need it, so the safe path's future stays small.
+        return Box::pin(resumed(&shared, unready(ready), agent, raw, parts, body)).await;
     }
 
     let action = action_for(agent, &parts, &body);
@@ -169,7 +171,9 @@ where
             );
             Ok(respond(&shared, Rejection::Refused))
         }
-        Verdict::Hold => held(&shared, unready(ready), action, assessment, parts, body).await,
+        Verdict::Hold => {
+            Box::pin(held(&shared, unready(ready), action, assessment, parts, body)).await
+        }
     }
 }
 

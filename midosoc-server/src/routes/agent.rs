@@ -39,13 +39,17 @@ const PASSED_HEADERS: &[&str] = &["prefer", "midosoc-approval"];
 /// Endpoint of an MCP server named by a description without `url`.
 const DEFAULT_MCP_URL: &str = "/mcp";
 
-/// Checks the agent key, then lets the request on with the agent's
+/// Refuses everything during a store outage when configured to, checks
+/// the agent key, then lets the request on with the agent's
 /// [`AgentId`] as an extension and the key removed.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    if let Err(refusal) = crate::outage::admit(&state.store_health) {
+        return refusal.into_response();
+    }
     let key = match bearer(request.headers()) {
         Ok(key) => key,
         Err(error) => return error.into_response(),
