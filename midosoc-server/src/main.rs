@@ -75,6 +75,9 @@ enum Command {
     Eval(eval::EvalArgs),
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let file = cli.config.as_deref();
