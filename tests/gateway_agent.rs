@@ -218,6 +218,32 @@ fn jwt_claims(token: &str) -> Value {
 }
 
 #[tokio::test]
+async fn agents_may_speak_http2_with_prior_knowledge_and_are_checked_the_same() {
+    let upstream = echo_upstream().await;
+    let gw = Gateway::start(&upstream_config("echo", "/echo/", &upstream.to_string(), ""));
+    let key = gw.add_agent("bot");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    let response = h2.get(gw.agent("/echo/items/7")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["uri"], "/items/7");
+    assert_eq!(seen["headers"]["host"], upstream.to_string());
+    assert_eq!(seen["headers"]["x-forwarded-host"], gw.agent_url.trim_start_matches("http://"));
+    assert!(!seen.to_string().contains(&key));
+
+    let (status, _) = problem(h2.get(gw.agent("/echo/items/7")).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    let escaping = h2.get(gw.agent("/echo/a%5Cb")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(escaping.status(), 400);
+}
+
+#[tokio::test]
 async fn unreachable_upstream_gets_502_and_slow_upstream_504_naming_it() {
     let upstream = echo_upstream().await;
     let dead = format!("127.0.0.1:{}", gateway::closed_port());

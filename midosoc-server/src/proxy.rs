@@ -136,8 +136,10 @@ pub(crate) fn check_request(parts: &http::request::Parts) -> Result<(), AppError
     if lengths > 1 || (lengths == 1 && parts.headers.contains_key(header::TRANSFER_ENCODING)) {
         return Err(AppError::AmbiguousLength);
     }
-    // SECURITY: absolute-form targets name an authority of their own.
-    if parts.uri.authority().is_some() {
+    // SECURITY: an HTTP/1 absolute-form target names an authority of its
+    // own. HTTP/2 always carries one (`:authority`, its `Host`); routing
+    // never reads it either way.
+    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
         return Err(AppError::ForbiddenPath(parts.uri.to_string()));
     }
     check_path(parts.uri.path())
@@ -342,6 +344,14 @@ impl Proxy {
         else {
             return AppError::NoRoute(path.to_owned()).into_response();
         };
+        // HTTP/2 names the host in `:authority`, which the upstream URL is
+        // about to replace; keep it as `Host` for `X-Forwarded-Host`.
+        if let Some(authority) = parts.uri.authority()
+            && !parts.headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::try_from(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
         // INVARIANT: the approval layer sees the upstream's own URL, so the
         // action analysts review, and the location a minted token allows,
         // are exactly what the upstream receives.
