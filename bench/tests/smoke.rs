@@ -33,6 +33,7 @@ fn tools() -> Option<Tools> {
     Some(Tools {
         midosoc,
         upstream: env!("CARGO_BIN_EXE_upstream").into(),
+        bare_proxy: env!("CARGO_BIN_EXE_bare-proxy").into(),
         holder: env!("CARGO_BIN_EXE_holder").into(),
         sse_client: env!("CARGO_BIN_EXE_sse-client").into(),
         loadgen: env!("CARGO_BIN_EXE_loadgen").into(),

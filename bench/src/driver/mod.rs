@@ -38,6 +38,8 @@ pub struct Tools {
     pub midosoc: PathBuf,
     /// The bench crate's upstream.
     pub upstream: PathBuf,
+    /// The bench crate's bare hyper proxy.
+    pub bare_proxy: PathBuf,
     /// The bench crate's holder.
     pub holder: PathBuf,
     /// The bench crate's dashboards.
@@ -57,6 +59,7 @@ impl Tools {
         Self {
             midosoc: dir.join("midosoc"),
             upstream: dir.join("upstream"),
+            bare_proxy: dir.join("bare-proxy"),
             holder: dir.join("holder"),
             sse_client: dir.join("sse-client"),
             loadgen: dir.join("loadgen"),
@@ -67,11 +70,18 @@ impl Tools {
 
     /// The programs that are missing, by name.
     pub fn missing_own(&self) -> Vec<String> {
-        [&self.midosoc, &self.upstream, &self.holder, &self.sse_client, &self.loadgen]
-            .iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect()
+        [
+            &self.midosoc,
+            &self.upstream,
+            &self.bare_proxy,
+            &self.holder,
+            &self.sse_client,
+            &self.loadgen,
+        ]
+        .iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect()
     }
 }
 
@@ -170,10 +180,14 @@ pub struct Machine {
     pub nginx: String,
     /// `wrk -v`.
     pub wrk: String,
+    /// Latency of a 4 KiB write and `fsync` in the run's folder, where
+    /// the SQLite store lives: median and 99th percentile, µs.
+    #[serde(default)]
+    pub fsync_us: Option<(f64, f64)>,
 }
 
 impl Machine {
-    fn read(tools: &Tools) -> Self {
+    fn read(tools: &Tools, dir: &Path) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
@@ -213,8 +227,30 @@ impl Machine {
             open_file_limit: proc::open_file_limit(),
             nginx: version(&tools.nginx, "-v"),
             wrk: version(&tools.wrk, "-v"),
+            fsync_us: fsync_latency(dir).ok(),
         }
     }
+}
+
+/// Times 200 appends of 4 KiB, each made durable with `fsync`: the floor
+/// under every SQLite commit (`synchronous = FULL`) in this folder.
+fn fsync_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write as _;
+
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        file.write_all(&[0u8; 4096])?;
+        let started = Instant::now();
+        file.sync_all()?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() * 99 / 100]))
 }
 
 /// What a run shares: its folder, placement, client and upstreams.
@@ -317,7 +353,18 @@ fn start_upstream(
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let mut command = placement.command(&tools.upstream, core);
     command.arg("--listen").arg("127.0.0.1:0");
-    let proc = Proc::spawn("upstream", command, None, Stdio::inherit())?;
+    listening(Proc::spawn("upstream", command, None, Stdio::inherit())?)
+}
+
+/// Starts the bare hyper proxy in front of `upstream`, on the proxy core.
+pub fn start_bare_proxy(bench: &Bench, upstream: SocketAddr) -> anyhow::Result<(Proc, SocketAddr)> {
+    let mut command = bench.placement.command(&bench.tools.bare_proxy, Core::Proxy);
+    command.arg("--listen").arg("127.0.0.1:0").arg("--upstream").arg(upstream.to_string());
+    listening(Proc::spawn("bare-proxy", command, None, Stdio::inherit())?)
+}
+
+/// Waits for a bench program's `listening ADDR` line.
+fn listening(proc: Proc) -> anyhow::Result<(Proc, SocketAddr)> {
     let line = proc.expect("listening ", Duration::from_secs(10))?;
     let addr = line.trim_start_matches("listening ").trim().parse()?;
     Ok((proc, addr))
@@ -346,7 +393,7 @@ pub fn run(
     postgres_url: Option<&str>,
 ) -> anyhow::Result<Results> {
     let started = Instant::now();
-    let machine = Machine::read(&tools);
+    let machine = Machine::read(&tools, &dir);
     let mut bench = Bench::new(tools, dir)?;
     let mut results = Results {
         machine,

@@ -1,6 +1,8 @@
 //! Scenarios 1 and 2: safe-path throughput (closed loop, wrk) and added
 //! latency at fixed load (open loop, the bench's `loadgen`), for the
-//! upstream reached directly, nginx, and Midosoc.
+//! upstream reached directly, nginx, the bare hyper proxy the gateway is
+//! built on (`bare-proxy`), and Midosoc. The bare proxy separates what the
+//! HTTP stack costs from what the gateway's own work costs.
 //!
 //! Within each repetition the targets are measured one after the other,
 //! so every ratio compares measurements taken seconds apart.
@@ -34,6 +36,15 @@ pub struct Perf {
     pub midosoc_over_direct: Option<Summary>,
     /// Midosoc's CPU per request over nginx's.
     pub cpu_midosoc_over_nginx: Option<Summary>,
+    /// Midosoc's requests per second over the bare hyper proxy's.
+    #[serde(default)]
+    pub midosoc_over_bare: Option<Summary>,
+    /// Midosoc's CPU per request over the bare hyper proxy's.
+    #[serde(default)]
+    pub cpu_midosoc_over_bare: Option<Summary>,
+    /// The bare hyper proxy's CPU per request over nginx's.
+    #[serde(default)]
+    pub cpu_bare_over_nginx: Option<Summary>,
     /// Midosoc with the classifier on over off (requests per second).
     pub classifier_on_over_off: Option<Summary>,
     /// Why the classifier-off run is missing, when it is.
@@ -59,7 +70,8 @@ impl Perf {
 /// Throughput of one target.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Row {
-    /// `direct`, `nginx`, `midosoc` or `midosoc-classifier-off`.
+    /// `direct`, `nginx`, `bare-hyper`, `midosoc` or
+    /// `midosoc-classifier-off`.
     pub name: String,
     /// Requests per second.
     pub rps: Summary,
@@ -82,6 +94,9 @@ pub struct Level {
     pub nginx_added: Option<Added>,
     /// Midosoc's latency minus direct's, per repetition.
     pub midosoc_added: Option<Added>,
+    /// The bare hyper proxy's latency minus direct's, per repetition.
+    #[serde(default)]
+    pub bare_added: Option<Added>,
     /// Midosoc's added p99 over nginx's added p99.
     pub midosoc_over_nginx_added_p99: Option<Summary>,
 }
@@ -137,6 +152,7 @@ pub fn run(bench: &mut Bench, sizes: &Sizes) -> anyhow::Result<Perf> {
             None
         }
     };
+    let (bare, bare_addr) = super::start_bare_proxy(bench, bench.upstream)?;
     let midosoc = bench.gateway(&ids, &Settings::default())?;
     let off_settings = gateway::classifier_off(&bench.tools, &bench.dir);
     let midosoc_off = match &off_settings {
@@ -159,6 +175,7 @@ pub fn run(bench: &mut Bench, sizes: &Sizes) -> anyhow::Result<Perf> {
     if let Some(nginx) = &nginx {
         targets.push(Target { name: "nginx", addr: nginx.addr, pids: nginx.pids() });
     }
+    targets.push(Target { name: "bare-hyper", addr: bare_addr, pids: vec![bare.pid()] });
     targets.push(Target { name: "midosoc", addr: midosoc.agent, pids: vec![midosoc.pid()] });
     if let Some(off) = &midosoc_off {
         targets.push(Target {
@@ -183,6 +200,7 @@ pub fn run(bench: &mut Bench, sizes: &Sizes) -> anyhow::Result<Perf> {
         nginx.stop();
     }
     midosoc.stop();
+    drop(bare);
     if let Some(off) = midosoc_off {
         off.stop();
     }
@@ -247,6 +265,9 @@ fn throughput(
     perf.midosoc_over_nginx = ratio(index("midosoc"), index("nginx"), &rps);
     perf.midosoc_over_direct = ratio(index("midosoc"), index("direct"), &rps);
     perf.cpu_midosoc_over_nginx = ratio(index("midosoc"), index("nginx"), &cpu);
+    perf.midosoc_over_bare = ratio(index("midosoc"), index("bare-hyper"), &rps);
+    perf.cpu_midosoc_over_bare = ratio(index("midosoc"), index("bare-hyper"), &cpu);
+    perf.cpu_bare_over_nginx = ratio(index("bare-hyper"), index("nginx"), &cpu);
     perf.classifier_on_over_off = ratio(index("midosoc"), index("midosoc-classifier-off"), &rps);
     Ok(())
 }
@@ -387,6 +408,7 @@ fn level(
         targets: (0..targets.len()).map(latency).collect(),
         nginx_added,
         midosoc_added,
+        bare_added: added(index("bare-hyper")),
         midosoc_over_nginx_added_p99: over,
     })
 }

@@ -253,6 +253,15 @@ pub fn markdown(results: &Results, chart: Option<&str>, notes: &str) -> String {
         if results.pinned { "were" } else { "were **not**" },
         results.wall_seconds
     );
+    if let Some((p50, p99)) = m.fsync_us {
+        let _ = writeln!(
+            out,
+            "**Disk:** a 4 KiB append made durable with `fsync` in the run's folder takes \
+             {p50:.0} µs at the median and {p99:.0} µs at p99. The SQLite store commits every \
+             change that way before announcing it, so these bound the SQLite rows of \
+             scenario 5 from below.\n"
+        );
+    }
 
     let _ = writeln!(out, "## Against the targets\n\n{}", targets_table(results));
     perf_sections(&mut out, results, chart);
@@ -323,6 +332,17 @@ fn perf_sections(out: &mut String, results: &Results, chart: Option<&str>) {
         opt(perf.midosoc_over_direct.as_ref(), 2),
         opt(perf.cpu_midosoc_over_nginx.as_ref(), 2)
     );
+    let _ = writeln!(
+        out,
+        "`bare-hyper` is the HTTP stack the gateway is built on (a hyper server and \
+         hyper-util's pooled client) forwarding with nothing else: CPU per request bare / \
+         nginx {}, the floor of this design; Midosoc / bare: {} req/s, {} CPU per request, \
+         the cost of the gateway's own work (authentication, the action, the classifier, \
+         header rules).",
+        opt(perf.cpu_bare_over_nginx.as_ref(), 2),
+        opt(perf.midosoc_over_bare.as_ref(), 2),
+        opt(perf.cpu_midosoc_over_bare.as_ref(), 2)
+    );
     if let Some(ratio) = &perf.classifier_on_over_off {
         let _ = writeln!(out, "Classifier on / off (req/s): {}.", s(ratio, 2));
     }
@@ -341,15 +361,16 @@ fn perf_sections(out: &mut String, results: &Results, chart: Option<&str>) {
     );
     let _ = writeln!(
         out,
-        "| load | rate | target | p50 µs | p99 µs | p99.9 µs \
+        "| load | rate | target | answered req/s | p50 µs | p99 µs | p99.9 µs \
          | added p50 µs | added p99 µs | added p99.9 µs | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for level in &perf.latency {
         for t in &level.targets {
             let added = match t.name.as_str() {
                 "nginx" => level.nginx_added.as_ref(),
                 "midosoc" => level.midosoc_added.as_ref(),
+                "bare-hyper" => level.bare_added.as_ref(),
                 _ => None,
             };
             let (a50, a99, a999) = added.map_or(("–".into(), "–".into(), "–".into()), |a| {
@@ -357,10 +378,12 @@ fn perf_sections(out: &mut String, results: &Results, chart: Option<&str>) {
             });
             let _ = writeln!(
                 out,
-                "| {:.0}% | {:.0} | {} | {} | {} | {} | {a50} | {a99} | {a999} | {} |",
+                "| {:.0}% | {:.0} | {} | {}{} | {} | {} | {} | {a50} | {a99} | {a999} | {} |",
                 level.load * 100.0,
                 level.rate,
                 t.name,
+                s(&t.achieved_rate, 0),
+                if t.achieved_rate.median < 0.95 * level.rate { " (overloaded)" } else { "" },
                 s(&t.p50_us, 0),
                 s(&t.p99_us, 0),
                 s(&t.p999_us, 0),
@@ -368,7 +391,12 @@ fn perf_sections(out: &mut String, results: &Results, chart: Option<&str>) {
             );
         }
     }
-    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "\nA target marked overloaded answered less than 95% of the offered rate: its \
+         latencies are mostly time spent queued, and say how far past its capacity the load \
+         was rather than what a request costs.\n"
+    );
     if let Some(chart) = chart {
         let _ = writeln!(
             out,
