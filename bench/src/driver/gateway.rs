@@ -78,6 +78,25 @@ pub struct Identities {
     pub analyst_token: String,
 }
 
+impl Identities {
+    /// Deletes the default SQLite approval store in the data folder, so the
+    /// next gateway starts with nothing pending. Approvals are durable: a
+    /// gateway restarted over the old file would find the last run's held
+    /// requests still pending.
+    pub fn clear_approvals(&self) -> anyhow::Result<()> {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = self.data_dir.join(format!("approvals.db{suffix}"));
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error).with_context(|| format!("cannot remove {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {

@@ -149,6 +149,7 @@ fn one(
     http2: bool,
     side_rate: f64,
 ) -> anyhow::Result<Run> {
+    ids.clear_approvals()?;
     let gw = bench.gateway(ids, settings)?;
     let safe_key = ids.agent_keys[0].clone();
     let none =
