@@ -38,6 +38,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument as _;
 use tracing::field::{Empty, display};
 
 use crate::body::{BoxError, read_limited};
@@ -152,7 +153,9 @@ where
     if let Some(raw) = parts.headers.get(&APPROVAL_HEADER).cloned() {
         // Boxed, like the hold path below: their state is large and only
         // risky requests need it, so the safe path's future stays small.
-        return Box::pin(resumed(&shared, unready(ready), agent, raw, parts, body)).await;
+        let span = held_span(&agent, &parts.method, None);
+        let resumed = resumed(&shared, unready(ready), agent, raw, parts, body);
+        return Box::pin(resumed.instrument(span)).await;
     }
 
     let action = action_for(agent, &parts, &body);
@@ -172,7 +175,9 @@ where
             Ok(respond(&shared, Rejection::Refused))
         }
         Verdict::Hold => {
-            Box::pin(held(&shared, unready(ready), action, assessment, parts, body)).await
+            let span = held_span(&action.agent, &parts.method, Some(assessment.risk));
+            let held = held(&shared, unready(ready), action, assessment, parts, body);
+            Box::pin(held.instrument(span)).await
         }
     }
 }
@@ -202,16 +207,6 @@ async fn pass<B: From<Bytes>>(
 }
 
 /// The hold path: record an approval, wait for a decision, settle it.
-#[tracing::instrument(
-    name = "held_request",
-    skip_all,
-    fields(
-        approval.id = Empty,
-        agent.id = %action.agent,
-        http.method = %action.method,
-        risk.level = %assessment.risk,
-    )
-)]
 async fn held<S, B, ResBody>(
     shared: &Shared,
     inner: S,
@@ -231,28 +226,20 @@ where
     // LIMITATION: if the agent hangs up while `submit` itself is running,
     // no guard exists yet; the approval then stays pending until it
     // expires. No token is minted for it, since nobody waits to run it.
-    let approval = match shared.store.submit(new).await {
-        Ok(approval) => approval,
+    // Only the id and the expiry are kept while waiting: this future lives
+    // as long as the person takes, once per held request.
+    let (id, expires_at) = match shared.store.submit(new).await {
+        Ok(approval) => (approval.id, approval.expires_at),
         Err(source) => return Ok(respond(shared, Rejection::store(None, source))),
     };
-    tracing::Span::current().record("approval.id", display(approval.id));
-    tracing::info!(expires_at = %approval.expires_at, "request held");
+    tracing::Span::current().record("approval.id", display(id));
+    tracing::info!(%expires_at, "request held");
 
-    let outcome = wait_and_settle(shared, &approval, wait, parts, body).await;
+    let outcome = wait_and_settle(shared, id, expires_at, wait, parts, body).await;
     forward_or_reject(shared, inner, outcome).await
 }
 
 /// The resume path: a request re-sent with `Midosoc-Approval: <id>`.
-#[tracing::instrument(
-    name = "held_request",
-    skip_all,
-    fields(
-        approval.id = Empty,
-        agent.id = %agent,
-        http.method = %parts.method,
-        risk.level = Empty,
-    )
-)]
 async fn resumed<S, B, ResBody>(
     shared: &Shared,
     inner: S,
@@ -288,7 +275,7 @@ where
                 return Err(Rejection::Expired { id });
             }
             let wait = wait_limit(&shared.config, &parts.headers);
-            wait_and_settle(shared, &approval, wait, parts, body).await
+            wait_and_settle(shared, id, approval.expires_at, wait, parts, body).await
         } else {
             settle(shared, approval, parts, body).await
         }
@@ -297,16 +284,30 @@ where
     forward_or_reject(shared, inner, outcome).await
 }
 
-/// Waits up to `wait` for a decision on a pending approval, then settles
-/// it. Withdraws the approval if the agent hangs up meanwhile.
+/// The span of a held or resumed request, for as long as it waits.
+/// Made by the caller rather than by `#[instrument]` on the async fn,
+/// which would keep a second copy of every argument in a future that
+/// lives as long as a person takes to decide.
+fn held_span(agent: &AgentId, method: &http::Method, risk: Option<Risk>) -> tracing::Span {
+    tracing::info_span!(
+        "held_request",
+        approval.id = Empty,
+        agent.id = %agent,
+        http.method = %method,
+        risk.level = risk.map(tracing::field::display),
+    )
+}
+
+/// Waits up to `wait` for a decision on pending approval `id`, then
+/// settles it. Withdraws the approval if the agent hangs up meanwhile.
 async fn wait_and_settle<B: From<Bytes>>(
     shared: &Shared,
-    approval: &Approval,
+    id: ApprovalId,
+    expires_at: OffsetDateTime,
     wait: Duration,
     parts: Parts,
     body: Bytes,
 ) -> Result<Request<B>, Rejection> {
-    let id = approval.id;
     let guard = WithdrawGuard::new(shared.store.clone(), id);
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(wait, shared.store.wait(id)) => Some(outcome),
@@ -319,7 +320,7 @@ async fn wait_and_settle<B: From<Bytes>>(
         Some(Ok(Ok(decided))) => decided,
         Some(Ok(Err(source))) => return Err(Rejection::store(Some(id), source)),
         Some(Err(_elapsed)) => {
-            return Err(Rejection::StillPending { id, expires_at: approval.expires_at });
+            return Err(Rejection::StillPending { id, expires_at });
         }
         None => {
             tracing::info!("held request released; server stopping");
@@ -328,7 +329,10 @@ async fn wait_and_settle<B: From<Bytes>>(
     };
     let analyst = decided.decision.as_ref().map(|d| d.analyst.id.as_str());
     tracing::info!(approval.status = %decided.status, analyst.id = analyst, "approval decided");
-    settle(shared, decided, parts, body).await
+
+    // Boxed: settling (the approval, the grant, the token) needs far more
+    // room than waiting does, and only once the decision is in.
+    Box::pin(settle(shared, decided, parts, body)).await
 }
 
 /// Resolves once the shutdown signal holds `true`; never without one.
