@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{self, Gateway, Identities, Settings};
 use super::held::{holder_report, raise_cap, spawn_holder};
+use super::pg;
 use super::proc::{Core, Line, Proc};
 use super::{Bench, Sizes};
 use crate::holder::Report;
@@ -120,25 +121,44 @@ pub fn run(
     }
 
     match postgres_url {
-        Some(url) => match gateway::store(&bench.tools, &bench.dir, url) {
-            Ok(mut store) => {
-                store.merge(&cap);
-                let outcome = postgres(bench, sizes, &store, agents);
-                match outcome {
-                    Ok((rows, burst)) => {
-                        decision.rows.extend(rows);
-                        decision.bursts.extend(burst);
-                    }
-                    Err(error) => decision.notes.push(format!("PostgreSQL: {error:#}")),
+        Some(url) => match pg::Schema::create(url) {
+            Ok(schema) => {
+                postgres_rows(bench, sizes, &schema.url(), &cap, agents, &mut decision);
+                if let Err(error) = schema.drop_now() {
+                    decision.notes.push(format!("PostgreSQL: the run's schema stays: {error:#}"));
                 }
             }
-            Err(refusal) => decision
-                .notes
-                .push(format!("PostgreSQL store not available in this build ({refusal})")),
+            Err(error) => decision.notes.push(format!("PostgreSQL: {error:#}")),
         },
         None => decision.notes.push("PostgreSQL not configured for this run".into()),
     }
     Ok(decision)
+}
+
+/// The two-instance rows on the store at `url`, or a note saying why not.
+fn postgres_rows(
+    bench: &Bench,
+    sizes: &Sizes,
+    url: &str,
+    cap: &Settings,
+    agents: usize,
+    decision: &mut Decision,
+) {
+    match gateway::store(&bench.tools, &bench.dir, url) {
+        Ok(mut store) => {
+            store.merge(cap);
+            match postgres(bench, sizes, &store, agents) {
+                Ok((rows, burst)) => {
+                    decision.rows.extend(rows);
+                    decision.bursts.extend(burst);
+                }
+                Err(error) => decision.notes.push(format!("PostgreSQL: {error:#}")),
+            }
+        }
+        Err(refusal) => {
+            decision.notes.push(format!("PostgreSQL store not available in this build ({refusal})"))
+        }
+    }
 }
 
 fn postgres(

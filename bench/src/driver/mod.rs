@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod held;
 pub mod nginx;
 pub mod perf;
+pub mod pg;
 pub mod proc;
 pub mod report;
 pub mod smoke;
