@@ -230,10 +230,10 @@ pub fn markdown(results: &Results, chart: Option<&str>, notes: &str) -> String {
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Midosoc measured beside nginx and beside the upstream reached directly, in one run \
-         on one machine. Every cell is the median of {} repetitions, with the minimum and \
-         maximum in brackets; ⚠ marks a spread above 10%. Ratios are taken within each \
-         repetition.\n",
+        "Midosoc measured beside nginx, a bare hyper proxy and the upstream reached directly, \
+         in one run on one machine. Every cell is the median of {} repetitions, with the \
+         minimum and maximum in brackets; ⚠ marks a spread above 10%. Ratios are taken within \
+         each repetition.\n",
         results.sizes.as_ref().map_or(3, |s| s.reps)
     );
     let _ = writeln!(out, "Run it all (installs nginx, wrk and h2load when absent):\n");
