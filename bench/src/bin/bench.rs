@@ -12,12 +12,21 @@ use midosoc_bench::driver::{self, Selection, Sizes, Tools, chart, report};
 /// The Midosoc benchmark suite.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Repetitions of each measurement.
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions of each measurement (at least one).
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     reps: usize,
-    /// Scenarios to run: perf, classifier, held, decision (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "perf,classifier,held,decision")]
-    only: Vec<String>,
+    /// Scenarios to run, comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "perf,classifier,held,decision"
+    )]
+    only: Vec<Scenario>,
     /// PostgreSQL for the two-instance run; `none` skips it.
     #[arg(
         long,
@@ -31,6 +40,19 @@ struct Args {
     /// Write results here instead of the repository.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// A scenario of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// Safe-path throughput and added latency.
+    Perf,
+    /// The classifier's cost.
+    Classifier,
+    /// Many requests held at once.
+    Held,
+    /// Decision to release.
+    Decision,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,13 +74,13 @@ fn main() -> anyhow::Result<()> {
         None => std::env::temp_dir().join(format!("midosoc-bench-{}", std::process::id())),
     };
     let mut sizes = Sizes::full();
-    sizes.reps = args.reps.max(1);
-    let has = |name: &str| args.only.iter().any(|o| o == name);
+    sizes.reps = args.reps;
+    let has = |scenario: Scenario| args.only.contains(&scenario);
     let selection = Selection {
-        perf: has("perf"),
-        classifier: has("classifier"),
-        held: has("held"),
-        decision: has("decision"),
+        perf: has(Scenario::Perf),
+        classifier: has(Scenario::Classifier),
+        held: has(Scenario::Held),
+        decision: has(Scenario::Decision),
     };
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
