@@ -110,7 +110,7 @@ pub fn run(
     settings.merge(&cap);
     let ids = gateway::identities(&bench.tools, &bench.dir, "decision", agents)?;
     for &background in &sizes.decision_background {
-        let _ = std::fs::remove_file(&sqlite_path);
+        gateway::remove_sqlite(&sqlite_path)?;
         let gw = bench.gateway(&ids, &settings)?;
         let setup = Setup { agent: gw.agent, review: gw.review, ids: &ids, analyst: &ids };
         let outcome = measure(bench, sizes, &setup, &label, background, background == largest);

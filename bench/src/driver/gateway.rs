@@ -84,17 +84,25 @@ impl Identities {
     /// gateway restarted over the old file would find the last run's held
     /// requests still pending.
     pub fn clear_approvals(&self) -> anyhow::Result<()> {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let path = self.data_dir.join(format!("approvals.db{suffix}"));
-            match std::fs::remove_file(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(error).with_context(|| format!("cannot remove {}", path.display()));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        remove_sqlite(&self.data_dir.join("approvals.db"))
     }
+}
+
+/// Deletes the SQLite database at `path` with its journal files; a
+/// database that does not exist is no error.
+pub fn remove_sqlite(path: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                let shown = Path::new(&file).display().to_string();
+                return Err(error).with_context(|| format!("cannot remove {shown}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A running gateway.
