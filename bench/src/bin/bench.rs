@@ -34,7 +34,8 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     postgres_url: String,
-    /// Scratch folder for configurations, data and logs.
+    /// Scratch folder for configurations, data and logs; kept afterwards
+    /// (without it, a temporary folder is made and removed).
     #[arg(long)]
     scratch: Option<PathBuf>,
     /// Write results here instead of the repository.
@@ -69,6 +70,15 @@ fn main() -> anyhow::Result<()> {
         missing.join(", ")
     );
 
+    // Only a folder made here is removed at the end; one named by the
+    // user may hold anything.
+    let remove_scratch = args.scratch.is_none();
+    let results_dir = out.join("bench/results");
+    let docs = out.join("docs");
+    for dir in [&results_dir, &docs] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--out: cannot create {}", dir.display()))?;
+    }
     let scratch = match args.scratch {
         Some(dir) => dir,
         None => std::env::temp_dir().join(format!("midosoc-bench-{}", std::process::id())),
@@ -95,10 +105,6 @@ fn main() -> anyhow::Result<()> {
         postgres,
     )?;
 
-    let results_dir = out.join("bench/results");
-    let docs = out.join("docs");
-    std::fs::create_dir_all(&results_dir)?;
-    std::fs::create_dir_all(&docs)?;
     std::fs::write(results_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     let chart_name = "benchmarks-latency.png";
     let chart = match results.perf.as_ref().map(|p| chart::draw(p, &docs.join(chart_name))) {
@@ -122,6 +128,8 @@ fn main() -> anyhow::Result<()> {
         results_dir.join("results.json").display(),
         docs.join("benchmarks.md").display()
     );
-    let _ = std::fs::remove_dir_all(&scratch);
+    if remove_scratch {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     Ok(())
 }
